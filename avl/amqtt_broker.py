@@ -1,0 +1,25 @@
+"""The fallback embedded MQTT broker (amqtt) when Mosquitto is not installed: ``python -m avl.amqtt_broker PORT``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+async def _serve(port: int) -> None:
+    from amqtt.broker import Broker  # type: ignore[import-untyped]
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    broker = Broker(config)
+    await broker.start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(_serve(int(sys.argv[1])))
+    except KeyboardInterrupt:
+        pass

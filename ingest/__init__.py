@@ -1,0 +1,1 @@
+"""Ingest: device transports, protocol decoders, the pipeline and the durable batch writer."""

@@ -1,0 +1,38 @@
+"""The protocol registry: name -> decoder, with each protocol's default port.
+
+Default ports are the reference open-source server's, so devices configured for it
+need no change. Modules are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from ingest.protocols.base import DecodeError, DecodeResult, FrameError, Protocol, Session
+
+__all__ = ["DecodeError", "DecodeResult", "FrameError", "Protocol", "Session", "NAMES", "DEFAULT_PORTS", "get"]
+
+DEFAULT_PORTS: dict[str, int] = {
+    "tk103": 5002,
+    "gl200": 5004,
+    "enfora": 5008,
+    "suntech": 5011,
+    "h02": 5013,
+    "meitrack": 5020,
+    "gt06": 5023,
+    "teltonika": 5027,
+    "osmand": 5055,
+    "calamp": 5082,
+}
+NAMES: tuple[str, ...] = tuple(sorted(DEFAULT_PORTS))
+
+
+@cache
+def get(name: str) -> Protocol:
+    """The decoder for ``name``; raises KeyError naming the known protocols."""
+    if name not in DEFAULT_PORTS:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(NAMES)}")
+    module = importlib.import_module(f"ingest.protocols.{name}")
+    protocol: Protocol = module.PROTOCOL
+    return protocol

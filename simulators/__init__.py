@@ -1,0 +1,1 @@
+"""Simulators: a virtual fleet on the real wire protocols, and an SMPP SMSC."""

@@ -1,0 +1,83 @@
+"""Acceptance: every frame of the real-device corpus decodes as the reference server requires."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.ingest.protocols.corpus import (
+    Frame,
+    attribute_value,
+    first_frame,
+    has_attributes,
+    implausible,
+    load,
+    predecessors,
+    replay,
+    same_value,
+)
+
+FRAMES = load()
+BEFORE = predecessors(FRAMES)
+
+
+def _params(stage: str) -> list[object]:
+    return [pytest.param(f, id=f.id) for f in FRAMES if f.data["stage"] == stage]
+
+
+@pytest.mark.parametrize("frame", _params("decoder"))
+def test_frame_decodes_as_the_reference_requires(frame: Frame) -> None:
+    d = frame.data
+    result = replay(frame, BEFORE[frame.id])
+    located = [p for p in result.positions if p.located]
+    assertion = d["assertion"]
+    check_location = d.get("check_location", True) is not False
+
+    if assertion == "null":
+        assert located == [], f"expected no position, got {located}"
+        return
+    if assertion == "notnull":
+        assert result.positions or result.reply is not None, "expected something decoded"
+        return
+    if assertion in ("position", "positions"):
+        records = located if check_location else result.positions
+        assert records, "expected at least one position"
+        if assertion == "position" and check_location:
+            assert len(records) == 1, f"expected one position, got {len(records)}"
+        for p in records:
+            problem = implausible(p, check_location)
+            assert problem is None, problem
+        expected = d.get("expected")
+        if expected:
+            p = records[0]
+            tolerance = expected.get("tolerance_deg", 1e-5)
+            assert p.fix_time == datetime.fromisoformat(expected["time"].replace("Z", "+00:00"))
+            assert p.valid is expected["valid"]
+            assert p.latitude is not None and p.longitude is not None
+            assert abs(p.latitude - expected["latitude"]) <= tolerance
+            assert abs(p.longitude - expected["longitude"]) <= tolerance
+        return
+    if assertion == "attributes":
+        assert any(has_attributes(p) for p in result.positions), "expected a record with attributes"
+        return
+    if assertion == "attribute":
+        want = d["expected_attribute"]
+        assert result.positions, "expected a record"
+        # The reference checks the first record of the frame.
+        actual = attribute_value(result.positions[0], want["key"])
+        assert same_value(actual, want["value"]), f"{want['key']}: got {actual!r}, want {want['value']!r}"
+        return
+    raise AssertionError(f"unknown assertion {assertion}")
+
+
+@pytest.mark.parametrize("frame", _params("frame"))
+def test_stream_framing_matches_the_reference(frame: Frame) -> None:
+    d = frame.data
+    got = first_frame(d["protocol"], frame.payload)
+    if d["assertion"] == "null" or not d.get("expected_frame"):
+        assert got is None, f"expected no frame, got {got!r}"
+        return
+    expected = bytes.fromhex(d["expected_frame"]) if d["kind"] == "binary" else d["expected_frame"].encode("latin-1")
+    assert got is not None, "expected a frame"
+    assert got.rstrip(b"\r\n") == expected.rstrip(b"\r\n")
