@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ingest.protocols import DEFAULT_PORTS
+from ingest.protocols import ALL_NAMES
 
 TOKEN_PREFIX = "avl_"
 
@@ -140,8 +140,8 @@ class DeviceSpec:
 
 def add_device(conn: psycopg.Connection, spec: DeviceSpec) -> dict[str, Any]:
     """Registers a terminal (and its vehicle, when a plate is given)."""
-    if spec.protocol not in DEFAULT_PORTS:
-        raise AdminError(f"unknown protocol {spec.protocol!r}; known: {', '.join(sorted(DEFAULT_PORTS))}")
+    if spec.protocol not in ALL_NAMES:
+        raise AdminError(f"unknown protocol {spec.protocol!r}; known: {', '.join(ALL_NAMES)}")
     if not spec.identifier or not spec.identifier.isprintable() or len(spec.identifier) > 64:
         raise AdminError(f"device identifier {spec.identifier!r} is not valid")
     if spec.supply_voltage_v not in (12, 24):

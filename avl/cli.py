@@ -210,6 +210,24 @@ def demo() -> None:
         typer.echo("demo stopped")
 
 
+@app.command()
+def decode(
+    protocol: Annotated[str, typer.Option(help="protocol name, e.g. gt06, teltonika, gl200")],
+    assume_device: Annotated[str | None, typer.Option(help="device id for sessions whose frames carry none")] = None,
+) -> None:
+    """Decode frames from stdin (JSON lines: kind, payload, optional session) to JSON lines on stdout."""
+    from ingest.decode_cli import decode_lines
+    from ingest.protocols import get
+
+    try:
+        decoder = get(protocol)
+    except KeyError as exc:
+        raise ConfigError(f"--protocol: {exc.args[0]}") from None
+    for out in decode_lines(decoder, sys.stdin, assume_device):
+        sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+
+
 # Administration ------------------------------------------------------------------
 
 

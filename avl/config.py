@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     queue_max_rows: int = Field(
         50000, ge=1, description="Reports waiting for the writer before listeners stop reading sockets."
     )
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of the ingest service's Prometheus metrics (on `api_host`); 0 turns it off."
+    )
+    mqtt_client_id: str | None = Field(
+        None, description="MQTT client id of this ingest process (persistent session); unset: `avl-ingest-<hostname>`. "
+        "Give each process on a host its own."
+    )
     # Diagnostics -------------------------------------------------------------------
     smpp_host: str | None = Field(None, description="SMSC host for SMS pings (unset: SMS pings are disabled).")
     smpp_port: int = Field(2775, description="SMSC port.")

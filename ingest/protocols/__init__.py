@@ -11,7 +11,8 @@ from functools import cache
 
 from ingest.protocols.base import DecodeError, DecodeResult, FrameError, Protocol, Session
 
-__all__ = ["DecodeError", "DecodeResult", "FrameError", "Protocol", "Session", "NAMES", "DEFAULT_PORTS", "get"]
+__all__ = ["DecodeError", "DecodeResult", "FrameError", "Protocol", "Session", "NAMES", "ALL_NAMES", "MQTT_ONLY",
+           "DEFAULT_PORTS", "get"]
 
 DEFAULT_PORTS: dict[str, int] = {
     "tk103": 5002,
@@ -26,13 +27,17 @@ DEFAULT_PORTS: dict[str, int] = {
     "calamp": 5082,
 }
 NAMES: tuple[str, ...] = tuple(sorted(DEFAULT_PORTS))
+# Formats with no port of their own: the project's JSON reports, over MQTT only.
+MQTT_ONLY: tuple[str, ...] = ("json",)
+ALL_NAMES: tuple[str, ...] = NAMES + MQTT_ONLY
+_MODULES = {**{name: name for name in NAMES}, "json": "json_report"}
 
 
 @cache
 def get(name: str) -> Protocol:
     """The decoder for ``name``; raises KeyError naming the known protocols."""
-    if name not in DEFAULT_PORTS:
-        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(NAMES)}")
-    module = importlib.import_module(f"ingest.protocols.{name}")
+    if name not in _MODULES:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(ALL_NAMES)}")
+    module = importlib.import_module(f"ingest.protocols.{_MODULES[name]}")
     protocol: Protocol = module.PROTOCOL
     return protocol

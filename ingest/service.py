@@ -1,0 +1,119 @@
+"""The ingest service: listeners for every enabled protocol, MQTT input, the writer, the
+spool, metrics, and the partition upkeep. ``run()`` is what `avl ingest` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import psycopg
+
+from avl.config import ConfigError, Settings
+from avl.db import connect, first_line, policies
+from ingest.intake import Intake
+from ingest.pipeline import DeviceDirectory
+from ingest.protocols import get
+from ingest.spool import Spool
+from ingest.transports.mqtt import MqttInput
+from ingest.transports.tcp import TcpListener
+from ingest.transports.udp import UdpListener
+from ingest.writer import Writer
+
+log = logging.getLogger("avl.ingest")
+
+
+@dataclass
+class IngestService:
+    settings: Settings
+    database_url: str
+    mqtt_url: str | None = None
+    writer: Writer | None = None
+    intake: Intake | None = None
+    tcp: dict[str, TcpListener] = field(default_factory=dict)
+    udp: dict[str, UdpListener] = field(default_factory=dict)
+    mqtt: MqttInput | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        spool = Spool(s.data_dir / "spool")
+        self.writer = Writer(self.database_url, spool, batch_max_rows=s.batch_max_rows, batch_max_ms=s.batch_max_ms,
+                             queue_max_rows=s.queue_max_rows, retention_days=s.retention_days)
+        directory = DeviceDirectory(self.database_url)
+        try:
+            await directory.load()
+        except psycopg.Error as exc:
+            log.warning("device directory not loaded (%s); devices are looked up as they connect", first_line(exc))
+        await self.writer.start()
+        self.intake = Intake(self.writer, directory, s.retention_days)
+        try:
+            for name in s.protocols:
+                port = s.port_for(name)
+                if port == 0:
+                    continue
+                protocol = get(name)
+                stream = "http" if "http" in protocol.transports else ("tcp" if "tcp" in protocol.transports else None)
+                if stream:
+                    listener = TcpListener(protocol, self.intake, s.ingest_host, port, transport=stream,
+                                           idle_timeout_s=s.idle_timeout_s, max_frame=s.max_frame_bytes,
+                                           max_per_source=s.max_connections_per_source)
+                    await listener.start()
+                    self.tcp[name] = listener
+                if s.udp and "udp" in protocol.transports:
+                    udp = UdpListener(protocol, self.intake, s.ingest_host, port, max_frame=s.max_frame_bytes)
+                    await udp.start()
+                    self.udp[name] = udp
+        except OSError as exc:
+            await self.close()
+            raise ConfigError(f"AVL_PORTS: cannot listen for {name} on {s.ingest_host}:{port} ({exc.strerror})") from None
+        if self.mqtt_url:
+            self.mqtt = MqttInput(self.mqtt_url, self.intake, group=s.mqtt_group, client_id=s.mqtt_client_id)
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="avl-mqtt"))
+        self._tasks.append(asyncio.create_task(directory.refresh_forever(), name="avl-directory"))
+        self._tasks.append(asyncio.create_task(self._upkeep(), name="avl-upkeep"))
+        listening = [f"{n} {'/'.join(x for x, d in (('tcp', self.tcp), ('udp', self.udp)) if n in d)}"
+                     f" :{(self.tcp.get(n) or self.udp[n]).port}" for n in sorted(set(self.tcp) | set(self.udp))]
+        log.info("ingest listening: %s%s", ", ".join(listening), f"; MQTT {self.mqtt.subscription}" if self.mqtt else "")
+
+    async def _upkeep(self) -> None:
+        """Partitions ahead and retention, hourly (TimescaleDB runs its own jobs)."""
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                await asyncio.to_thread(self._apply_policies)
+            except (psycopg.Error, ConfigError) as exc:
+                log.warning("partition upkeep failed: %s", exc)
+
+    def _apply_policies(self) -> None:
+        s = self.settings
+        with connect(self.database_url) as conn:
+            policies.apply(conn, retention_days=s.retention_days, compress_after_days=s.compress_after_days,
+                           partitions_ahead_days=s.partitions_ahead_days)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for listener in [*self.tcp.values(), *self.udp.values()]:
+            await listener.close()
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer.spool.close()
+
+
+async def run(settings: Settings, database_url: str, mqtt_url: str | None) -> None:
+    """Runs until cancelled; then stops listening, drains the writer, and returns."""
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.metrics_port, addr=settings.api_host)
+        except OSError as exc:
+            raise ConfigError(f"AVL_METRICS_PORT: cannot listen on {settings.metrics_port} ({exc.strerror})") from None
+    service = IngestService(settings, database_url, mqtt_url)
+    await service.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await service.close()

@@ -1,0 +1,1 @@
+"""Transports: sockets in, frames to the intake, replies out once durable."""

@@ -1,0 +1,114 @@
+"""MQTT input: ``avl/in/<protocol>/<device>``, QoS 1, persistent session, shared subscription.
+
+The payload is the device's own frame (``<protocol>`` one of the decoders) or the project's
+JSON report format (``<protocol>`` = ``json``). The topic names the device, and a message
+may only carry reports of that device.
+
+PUBACK only after commit. aiomqtt has no public manual acknowledgement yet, so this
+turns on paho-mqtt's own ``manual_ack`` on the client aiomqtt wraps (``Client._client``,
+the one private attribute used) before connecting, and calls paho's ``ack(mid, qos)``
+once the message's rows are durable. aiomqtt drives paho from the asyncio loop's socket
+callbacks, so calling ``ack`` from the same loop is safe. Acks go out in the order the
+messages arrived (MQTT 3.1.1 section 4.6), through a single acker task. A message that
+is never acked (decode error, unknown device, not durable) is redelivered by the broker
+after a reconnect; decode errors are acked after being counted, since redelivering a
+malformed message forever helps no one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from ingest import metrics
+from ingest.intake import Intake, Pending
+from ingest.protocols import ALL_NAMES, Protocol, Session, get
+
+log = logging.getLogger("avl.ingest.mqtt")
+
+TOPIC_PREFIX = "avl/in/"
+
+
+def client_params(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp", ""):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt://host:port)")
+    return {"hostname": parts.hostname or "127.0.0.1", "port": parts.port or 1883,
+            "username": parts.username, "password": parts.password}
+
+
+class MqttInput:
+    def __init__(self, url: str, intake: Intake, *, group: str = "avl-ingest", client_id: str | None = None,
+                 max_inflight: int = 1000, reconnect_s: float = 1.0) -> None:
+        self.params = client_params(url)
+        self.intake = intake
+        self.group = group
+        self.client_id = client_id or f"avl-ingest-{socket.gethostname()}"
+        self.max_inflight = max_inflight
+        self.reconnect_s = reconnect_s
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.connected = asyncio.Event()
+        self.received = 0
+        self.acked = 0
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.group}/{TOPIC_PREFIX}#" if self.group else f"{TOPIC_PREFIX}#"
+
+    async def run(self) -> None:
+        """Consumes until cancelled, reconnecting when the broker goes away."""
+        while True:
+            try:
+                await self._consume()
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning("mqtt: %s; reconnecting in %.0f s", exc, self.reconnect_s)
+                await asyncio.sleep(self.reconnect_s)
+
+    async def _consume(self) -> None:
+        client = aiomqtt.Client(identifier=self.client_id, clean_session=False, keepalive=30,
+                                max_queued_incoming_messages=self.max_inflight * 2, **self.params)  # type: ignore[arg-type]
+        client._client.manual_ack_set(True)  # noqa: SLF001 - see the module docstring
+        acks: asyncio.Queue[tuple[int, int, Pending]] = asyncio.Queue(self.max_inflight)
+        async with client:
+            await client.subscribe(self.subscription, qos=1)
+            self.connected.set()
+            log.info("mqtt: subscribed to %s as %s", self.subscription, self.client_id)
+            acker = asyncio.create_task(self._acker(client, acks))
+            try:
+                async for message in client.messages:
+                    self.received += 1
+                    pending = await self._process(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                    await acks.put((message.mid, message.qos, pending))
+            finally:
+                acker.cancel()
+
+    async def _acker(self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, Pending]]) -> None:
+        while True:
+            mid, qos, pending = await acks.get()
+            if await pending.accepted() or (pending.refused or "").startswith("decode"):
+                if qos > 0:
+                    client._client.ack(mid, qos)  # noqa: SLF001
+                self.acked += 1
+            else:
+                log.info("mqtt: message %s not acknowledged (%s); the broker will redeliver it", mid, pending.refused)
+
+    async def _process(self, topic: str, payload: bytes) -> Pending:
+        parts = topic.split("/")
+        if len(parts) != 4 or topic[: len(TOPIC_PREFIX)] != TOPIC_PREFIX or parts[2] not in ALL_NAMES or not parts[3]:
+            metrics.REFUSED.labels("mqtt", "topic").inc()
+            log.warning("mqtt: ignoring message on %s (expected %s<protocol>/<device>)", topic, TOPIC_PREFIX)
+            return Pending(reply=None, refused="decode error: bad topic")
+        protocol: Protocol = get(parts[2])
+        device = parts[3]
+        key = (protocol.name, device)
+        session = self.sessions.get(key)
+        if session is None:
+            # The topic is the identity: the session is bound to it from the start.
+            session = self.sessions[key] = Session(transport="mqtt", remote=topic, device=device,
+                                                   state={"_bound_device": device})
+        return await self.intake.frame(protocol, session, payload)

@@ -1,0 +1,144 @@
+"""TCP listeners (and HTTP for osmand, which frames whole requests): one per protocol port.
+
+Per connection: frames are split from the stream, decoded and queued in order; their
+replies go out in the same order once durable. Bounded: frame size (a stream with no
+frame within the limit is cut off), idle time, connections per source address, and the
+time a slow reader may take to accept its ACKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import Counter
+
+from ingest import metrics
+from ingest.intake import Intake
+from ingest.protocols import FrameError, Protocol, Session
+
+log = logging.getLogger("avl.ingest.tcp")
+
+_HTTP_REFUSED = {
+    "unknown": b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nunknown device\n",
+    "busy": b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 29\r\n"
+            b"Retry-After: 30\r\n\r\nreport not stored, try again\n",
+    "bad": b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nbad request\n",
+    "identity": b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 28\r\n\r\nconnection bound to another\n",
+}
+
+
+class TcpListener:
+    def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, transport: str = "tcp",
+                 idle_timeout_s: float = 600.0, max_frame: int = 65536, max_per_source: int = 256,
+                 write_timeout_s: float = 30.0) -> None:
+        self.protocol = protocol
+        self.intake = intake
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.idle_timeout_s = idle_timeout_s
+        self.max_frame = max_frame
+        self.max_per_source = max_per_source
+        self.write_timeout_s = write_timeout_s
+        self.per_source: Counter[str] = Counter()
+        self.server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        # SO_REUSEPORT: several ingest processes may share the port; the kernel spreads connections.
+        self.server = await asyncio.start_server(self._handle, self.host, self.port, reuse_port=True,
+                                                 backlog=4096, limit=self.max_frame)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        source = str(peer[0])
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.per_source[source] >= self.max_per_source:
+            metrics.REFUSED.labels(self.protocol.name, "per_source_limit").inc()
+            log.warning("%s: refusing connection from %s: %s connections already open", self.protocol.name, source,
+                        self.per_source[source])
+            self._connections.discard(task)
+            writer.close()
+            return
+        self.per_source[source] += 1
+        gauge = metrics.CONNECTIONS.labels(self.protocol.name)
+        gauge.inc()
+        session = Session(transport=self.transport, remote=f"{peer[0]}:{peer[1]}")
+        try:
+            await self._serve(reader, writer, session)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except TimeoutError:
+            log.debug("%s %s: idle or slow reader, closing", self.protocol.name, session.remote)
+        except FrameError as exc:
+            log.info("%s %s: %s; closing", self.protocol.name, session.remote, exc)
+        finally:
+            gauge.dec()
+            self.per_source[source] -= 1
+            if self.per_source[source] <= 0:
+                del self.per_source[source]
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
+        buffer = b""
+        http = self.transport == "http"
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout_s)
+            if not chunk:
+                return
+            buffer += chunk
+            pendings = []
+            while buffer:
+                frame, consumed = self.protocol.split(buffer)
+                if consumed == 0:
+                    break
+                buffer = buffer[consumed:]
+                if frame is not None:
+                    pendings.append(await self.intake.frame(self.protocol, session, frame))
+            if len(buffer) > self.max_frame:
+                raise FrameError(self.protocol.name, f"no complete frame within {self.max_frame} bytes", buffer[:64])
+            close = False
+            for pending in pendings:
+                if await pending.accepted():
+                    if pending.reply:
+                        writer.write(pending.reply)
+                        close = close or (http and b"\r\nConnection: close" in pending.reply.split(b"\r\n\r\n", 1)[0])
+                    continue
+                metrics.REFUSED.labels(self.protocol.name, (pending.refused or "?").split(" ")[0]).inc()
+                log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)
+                if http:
+                    writer.write(_HTTP_REFUSED[_http_reason(pending.refused or "")])
+            if pendings:
+                await asyncio.wait_for(writer.drain(), self.write_timeout_s)
+            if close:
+                return
+
+
+def _http_reason(refused: str) -> str:
+    if refused.startswith("unknown device"):
+        return "unknown"
+    if refused.startswith("decode"):
+        return "bad"
+    if refused.startswith("connection is bound"):
+        return "identity"
+    return "busy"

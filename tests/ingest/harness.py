@@ -1,0 +1,76 @@
+"""Running a real ingest service for tests, and talking to it like devices do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from avl.admin import DeviceSpec, add_account, add_device
+from avl.config import Settings
+from avl.embedded import free_port
+from avl.records import Position
+from ingest.protocols import DEFAULT_PORTS
+from ingest.service import IngestService
+
+
+def settings_for(data_dir: Path, **overrides: Any) -> Settings:
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    values: dict[str, Any] = {"data_dir": data_dir, "ingest_host": "127.0.0.1", "ports": ports, "metrics_port": 0,
+                              "batch_max_ms": 2.0, "idle_timeout_s": 30.0}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(settings: Settings, database_url: str, mqtt_url: str | None = None) -> AsyncIterator[IngestService]:
+    service = IngestService(settings, database_url, mqtt_url)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+def register(database_url: str, devices: list[tuple[str, str]], account: str = "Flota Test") -> dict[str, int]:
+    """Registers (identifier, protocol) pairs; returns identifier -> device id."""
+    with psycopg.connect(database_url) as conn:
+        if not conn.execute("SELECT 1 FROM accounts WHERE name = %s", (account,)).fetchone():
+            add_account(conn, account)
+        return {ident: add_device(conn, DeviceSpec(identifier=ident, protocol=proto, account=account))["id"]
+                for ident, proto in devices}
+
+
+def track(device: str, count: int, start: datetime | None = None, step_s: int = 30) -> list[Position]:
+    """A plausible drive through Caracas, one report every ``step_s`` seconds."""
+    start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=step_s * count)
+    return [Position(device=device, fix_time=start + timedelta(seconds=i * step_s), valid=True,
+                     latitude=10.48 + i * 0.0004, longitude=-66.90 + i * 0.0003, speed_kmh=36.0 + (i % 5),
+                     course=float((i * 7) % 360), altitude_m=900.0, satellites=9, ignition=True, power_mv=12600)
+            for i in range(count)]
+
+
+async def exchange(port: int, frames: list[bytes], expect: list[int], wait_s: float = 10.0) -> list[bytes]:
+    """Sends frames on one TCP connection, each waiting for a reply of the given size (0: none)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = []
+    try:
+        for frame, size in zip(frames, expect, strict=True):
+            writer.write(frame)
+            await writer.drain()
+            if size:
+                replies.append(await asyncio.wait_for(reader.readexactly(size), wait_s))
+    finally:
+        writer.close()
+    return replies
+
+
+def stored(database_url: str, device_id: int) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT fix_time, latitude, longitude, speed_kmh, ignition, flags FROM positions"
+                            " WHERE device_id = %s ORDER BY fix_time", (device_id,)).fetchall()
