@@ -114,3 +114,18 @@ def test_invalid_setting_fails_fast(avl_env: dict[str, str]) -> None:
 @pytest.mark.parametrize("args", [["account", "suspend", "no such account"], ["center", "add", "X", "--lat", "99", "--lon", "0"]])
 def test_refused_admin_operations_are_one_line(avl_env: dict[str, str], args: list[str]) -> None:
     assert_one_line_error(run(avl_env, *args, check=False))
+
+
+def test_device_port_in_use_fails_fast_naming_the_setting(avl_env: dict[str, str]) -> None:
+    from avl.embedded import free_port
+    from ingest.protocols import DEFAULT_PORTS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        ports = {name: free_port() for name in DEFAULT_PORTS}
+        ports["gt06"] = s.getsockname()[1]
+        env = {**avl_env, "AVL_PORTS": json.dumps(ports), "AVL_INGEST_HOST": "127.0.0.1", "AVL_METRICS_PORT": "0",
+               "AVL_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"}
+        result = run(env, "ingest", check=False)
+    assert_one_line_error(result, "AVL_PORTS", "gt06")

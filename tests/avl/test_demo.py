@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from avl.embedded import free_port, port_in_use
+from ingest.protocols import DEFAULT_PORTS, gt06
+from tests.ingest.harness import track
 
 AVL = str(Path(sys.executable).parent / "avl")
 
@@ -26,10 +29,12 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
 
 def test_demo_serves_a_migrated_embedded_database_and_stops_cleanly(workdir: Path) -> None:
     data = workdir / "demo"
-    db_port, mqtt_port, api_port = free_port(), free_port(), free_port()
+    db_port, mqtt_port, api_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+    ports = {name: free_port() for name in DEFAULT_PORTS}
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVL_")}
-    env.update({"AVL_DATA_DIR": str(data), "AVL_EMBEDDED_DB_PORT": str(db_port),
-                "AVL_EMBEDDED_MQTT_PORT": str(mqtt_port), "AVL_API_PORT": str(api_port)})
+    env.update({"AVL_DATA_DIR": str(data), "AVL_EMBEDDED_DB_PORT": str(db_port), "AVL_INGEST_HOST": "127.0.0.1",
+                "AVL_EMBEDDED_MQTT_PORT": str(mqtt_port), "AVL_API_PORT": str(api_port),
+                "AVL_PORTS": json.dumps(ports), "AVL_METRICS_PORT": str(metrics_port)})
     proc = subprocess.Popen([AVL, "demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     try:
@@ -56,6 +61,15 @@ def test_demo_serves_a_migrated_embedded_database_and_stops_cleanly(workdir: Pat
         status, me = _get(f"http://127.0.0.1:{api_port}/api/v1/me", token.group(1))
         assert me["role"] == "client"
         assert port_in_use(db_port) and port_in_use(mqtt_port)
+        # A demo terminal reporting over the real wire protocol is acknowledged (stored).
+        with socket.create_connection(("127.0.0.1", ports["gt06"]), timeout=10) as device:
+            device.sendall(gt06.encode_login("868120201234561"))
+            assert device.recv(10)[3] == 0x01
+            device.sendall(gt06.encode_position(track("868120201234561", 1)[0], 2))
+            assert device.recv(10)[3] == 0x22
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'avl_positions_total{destination="position",protocol="gt06"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

@@ -179,3 +179,18 @@ async def test_mqtt_reports_are_stored_once_and_acked_after_commit(db_url: str, 
         assert svc.mqtt.acked == 13
     assert len(stored(db_url, ids["gw-0001"])) == 10
     assert len(stored(db_url, ids["356307042441099"])) == 3
+
+
+async def test_live_consumers_are_notified_after_commit(db_url: str, tmp_path: Path) -> None:
+    imei = "356307042441013"
+    ids = register(db_url, [(imei, "teltonika")])
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    await listener.execute("LISTEN avl_positions")
+    async with running_ingest(settings_for(tmp_path), db_url) as svc:
+        await exchange(svc.tcp["teltonika"].port,
+                       [teltonika.encode_login(imei), teltonika.encode_batch(track(imei, 3))], [1, 4])
+        notice = await asyncio.wait_for(anext(listener.notifies()), 10)
+    await listener.close()
+    assert json.loads(notice.payload) == {"devices": [ids[imei]]}
+    # By the time a listener hears of it, the rows are there to read.
+    assert len(stored(db_url, ids[imei])) == 3
