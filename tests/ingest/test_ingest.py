@@ -194,3 +194,55 @@ async def test_live_consumers_are_notified_after_commit(db_url: str, tmp_path: P
     assert json.loads(notice.payload) == {"devices": [ids[imei]]}
     # By the time a listener hears of it, the rows are there to read.
     assert len(stored(db_url, ids[imei])) == 3
+
+
+async def test_impossible_reports_are_quarantined_and_invalid_fixes_flagged(db_url: str, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from ingest.pipeline import FLAG_INVALID_FIX
+
+    imei = "862170010000001"
+    ids = register(db_url, [(imei, "gl200")])
+    future, no_fix = track(imei, 2)
+    future.fix_time += timedelta(days=3)
+    no_fix.valid = False
+    async with running_ingest(settings_for(tmp_path), db_url) as svc:
+        port = svc.tcp["gl200"].port
+        replies = await exchange(port, [gl200.encode_position(future, 1), gl200.encode_position(no_fix, 2)], [11, 11])
+    assert replies == [b"+SACK:0001$", b"+SACK:0002$"]  # both kept, so both acknowledged
+    with psycopg.connect(db_url) as conn:
+        quarantined = conn.execute("SELECT reason, fix_time FROM positions_quarantine WHERE device_id = %s",
+                                   (ids[imei],)).fetchall()
+        assert quarantined == [("future", future.fix_time)]
+    rows = stored(db_url, ids[imei])
+    assert len(rows) == 1 and rows[0][5] & FLAG_INVALID_FIX
+
+
+async def test_a_stalled_database_stops_intake_instead_of_growing_memory(db_url: str, tmp_path: Path) -> None:
+    from ingest.pipeline import Batch, route
+    from ingest.spool import Spool
+    from ingest.writer import Writer, oldest_accepted
+
+    ids = register(db_url, [("356307042441013", "teltonika")])
+    writer = Writer(db_url, Spool(tmp_path / "spool"), queue_max_rows=100, batch_max_rows=50, batch_max_ms=1)
+    await writer.start()
+    blocker = await psycopg.AsyncConnection.connect(db_url)
+    await blocker.execute("LOCK TABLE latest_positions IN ACCESS EXCLUSIVE MODE")  # the writer's commit now waits
+    futures = []
+    blocked = False
+    for i, p in enumerate(track("356307042441013", 400)):
+        batch = Batch()
+        route(p, ids["356307042441013"], p.fix_time, oldest_accepted(400), batch)
+        try:
+            futures.append(await asyncio.wait_for(writer.enqueue(batch), 0.5))
+        except TimeoutError:
+            blocked = True
+            break
+    assert blocked, "enqueue never waited: the queue is unbounded"
+    assert writer.queued_rows <= 100 and i < 200
+    await blocker.rollback()
+    await blocker.close()
+    await asyncio.wait_for(asyncio.gather(*futures), 30)
+    await writer.close()
+    writer.spool.close()
+    assert len(stored(db_url, ids["356307042441013"])) == len(futures)
