@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from avl.config import ConfigError, Settings
 from avl.db import connect, first_line, policies
@@ -72,6 +75,7 @@ class IngestService:
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="avl-mqtt"))
         self._tasks.append(asyncio.create_task(directory.refresh_forever(), name="avl-directory"))
         self._tasks.append(asyncio.create_task(self._upkeep(), name="avl-upkeep"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="avl-heartbeat"))
         listening = [f"{n} {'/'.join(x for x, d in (('tcp', self.tcp), ('udp', self.udp)) if n in d)}"
                      f" :{(self.tcp.get(n) or self.udp[n]).port}" for n in sorted(set(self.tcp) | set(self.udp))]
         log.info("ingest listening: %s%s", ", ".join(listening), f"; MQTT {self.mqtt.subscription}" if self.mqtt else "")
@@ -84,6 +88,31 @@ class IngestService:
                 await asyncio.to_thread(self._apply_policies)
             except (psycopg.Error, ConfigError) as exc:
                 log.warning("partition upkeep failed: %s", exc)
+
+    async def _heartbeat(self, every_s: float = 5.0) -> None:
+        """Tells the platform-health check this process is alive, and how far behind it is."""
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+        while True:
+            assert self.writer is not None
+            details = {
+                "queue_rows": self.writer.queued_rows,
+                "queue_max_rows": self.settings.queue_max_rows,
+                "spool_bytes": self.writer.spool.pending_bytes,
+                "database_up": self.writer.database_up,
+                "connections": sum(sum(t.per_source.values()) for t in self.tcp.values()),
+                "mqtt_connected": bool(self.mqtt and self.mqtt.connected.is_set()),
+                "rows_written": self.writer.stats.rows,
+            }
+            try:
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
+                                                                 connect_timeout=3) as conn:
+                    await conn.execute(
+                        "INSERT INTO platform_status (component, instance, details) VALUES ('ingest', %s, %s)"
+                        " ON CONFLICT (component, instance) DO UPDATE SET updated_at = now(), details = EXCLUDED.details",
+                        (instance, Jsonb(details)))
+            except psycopg.Error as exc:
+                log.debug("heartbeat not written: %s", first_line(exc))
+            await asyncio.sleep(every_s)
 
     def _apply_policies(self) -> None:
         s = self.settings
