@@ -7,7 +7,7 @@ import sys
 
 
 async def _serve(port: int) -> None:
-    from amqtt.broker import Broker  # type: ignore[import-untyped]
+    from amqtt.broker import Broker
 
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},

@@ -114,7 +114,7 @@ async def run_services(settings: Settings, database_url: str, mqtt_url: str | No
     if "ingest" in components:
         coros.append(importlib.import_module("ingest.service").run(settings, database_url, mqtt_url))
     if "diagnostics" in components:
-        coros.append(importlib.import_module("diagnostics.service").run(settings, database_url))
+        coros.append(importlib.import_module("diagnostics.service").run(settings, database_url, mqtt_url))
     for factory in extra or []:
         coros.append(factory())
 
@@ -226,6 +226,25 @@ def decode(
     for out in decode_lines(decoder, sys.stdin, assume_device):
         sys.stdout.write(out + "\n")
         sys.stdout.flush()
+
+
+@app.command()
+def diagnose(
+    device: Annotated[str, typer.Argument(help="device id, identifier (IMEI/ESN) or MSISDN")],
+    wait: Annotated[float | None, typer.Option(help="seconds to wait for the SMS ping (default AVL_SMS_WAIT_S)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the steps with all their evidence as JSON")] = False,
+) -> None:
+    """Run the fault checklist on one device now; print the steps, evidence and verdict."""
+    from avl.runtime import prepare
+    from diagnostics.cli import diagnose_now
+
+    settings = _settings()
+    rt = prepare(settings)
+    try:
+        report_text, evidence = asyncio.run(diagnose_now(settings, rt.database_url, settings.mqtt_url, device, wait))
+    finally:
+        rt.close()
+    typer.echo(json.dumps(evidence, default=str, ensure_ascii=False, indent=2) if as_json else report_text)
 
 
 # Administration ------------------------------------------------------------------
@@ -351,13 +370,14 @@ def main() -> None:
 
     from avl.admin import AdminError
     from avl.db import first_line
+    from diagnostics.context import DiagnoseError
 
     try:
         app(standalone_mode=True)
     except ConfigError as exc:
         typer.echo(f"avl: error: {exc}", err=True)
         sys.exit(2)
-    except AdminError as exc:
+    except (AdminError, DiagnoseError) as exc:
         typer.echo(f"avl: {exc}", err=True)
         sys.exit(1)
     except psycopg.Error as exc:

@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     smpp_port: int = Field(2775, description="SMSC port.")
     smpp_system_id: str = Field("avl", description="SMPP system_id for bind_transceiver.")
     smpp_password: SecretStr = Field(SecretStr(""), description="SMPP password (never logged).")
+    sms_source_addr: str = Field("2020", description="Sender address (short code) of SMS pings and customer notices.")
+    sms_wait_s: float = Field(
+        120.0, gt=0, description="How long an SMS ping waits for a receipt, a reply and a fresh report."
+    )
+    sms_ping_period_s: float = Field(3600.0, ge=0, description="At most one SMS ping per device in this period.")
+    sms_rate_per_minute: int = Field(60, ge=1, description="Global limit of SMS sent per minute.")
+    sweep_interval_s: float = Field(300.0, gt=0, description="How often the diagnostics worker sweeps the fleet.")
+    silent_after_intervals: float = Field(
+        3.0, gt=0, description="A device is silent when its last report is older than this many report intervals."
+    )
+    storm_share: float = Field(
+        0.3, gt=0, le=1, description="Share of active devices silent together that is a platform/network incident."
+    )
+    storm_min_devices: int = Field(20, ge=1, description="Fewest silent devices that can make an incident.")
+    diagnostics_concurrency: int = Field(8, ge=1, description="Checklists run at once by the diagnostics worker.")
     # Logging -----------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 

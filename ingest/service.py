@@ -124,7 +124,8 @@ class IngestService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for listener in [*self.tcp.values(), *self.udp.values()]:
+        listeners: list[TcpListener | UdpListener] = [*self.tcp.values(), *self.udp.values()]
+        for listener in listeners:
             await listener.close()
         if self.writer is not None:
             await self.writer.close()

@@ -52,9 +52,9 @@ def encode(batch: Batch) -> bytes:
 
 
 def decode(payload: bytes) -> Batch:
-    positions, events, quarantine, unknown = marshal.loads(payload)  # noqa: S302 - our own CRC-checked file
-    convert = lambda rows: [tuple(_decode_value(v) for v in row) for row in rows]  # noqa: E731
-    return Batch(convert(positions), convert(events), convert(quarantine), convert(unknown))
+    parts = marshal.loads(payload)  # our own CRC-checked file
+    positions, events, quarantine, unknown = ([tuple(_decode_value(v) for v in row) for row in rows] for rows in parts)
+    return Batch(positions, events, quarantine, unknown)
 
 
 class Spool:

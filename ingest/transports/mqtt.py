@@ -82,7 +82,7 @@ class MqttInput:
             try:
                 async for message in client.messages:
                     self.received += 1
-                    pending = await self._process(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                    pending = await self._process(str(message.topic), bytes(message.payload))
                     await acks.put((message.mid, message.qos, pending))
             finally:
                 acker.cancel()

@@ -40,7 +40,7 @@ class UdpListener(asyncio.DatagramProtocol):
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
 
     async def close(self) -> None:
         if self.transport is not None:
@@ -49,7 +49,7 @@ class UdpListener(asyncio.DatagramProtocol):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) > self.max_frame:
             metrics.REFUSED.labels(self.protocol.name, "oversized").inc()
             return

@@ -216,7 +216,7 @@ CREATE TABLE diagnostic_runs (
     id              bigserial PRIMARY KEY,
     device_id       bigint NOT NULL REFERENCES devices (id),
     requested_by    text NOT NULL DEFAULT 'sweep',
-    status          text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
+    status          text NOT NULL DEFAULT 'running' CHECK (status IN ('queued', 'running', 'done', 'failed')),
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
     verdict         text,

@@ -1,0 +1,156 @@
+"""The diagnostics worker (`avl diagnostics`): sweeps the fleet every few minutes and runs
+the checklist on silent devices with bounded concurrency; runs the checks people ask for
+(queued ``diagnostic_runs``). Exactly one worker sweeps at a time (a PostgreSQL advisory
+lock); queued checks may run on any worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from avl.config import Settings
+from avl.db import first_line
+from diagnostics import checklist, tickets
+from diagnostics.context import Context, DiagnoseError, RateLimiter
+from diagnostics.smpp import SmppLink
+from diagnostics.sweep import sweep
+
+log = logging.getLogger("avl.diagnostics")
+
+SWEEPER_LOCK = 7_412_200
+
+
+class Worker:
+    def __init__(self, settings: Settings, database_url: str, mqtt_url: str | None = None) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.mqtt_url = mqtt_url
+        self.smpp: SmppLink | None = None
+        self.limiter = RateLimiter(settings.sms_rate_per_minute)
+        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=settings.diagnostics_concurrency + 2,
+                                        open=False, kwargs={"autocommit": True})
+        self.slots = asyncio.Semaphore(settings.diagnostics_concurrency)
+        self.in_progress: set[int] = set()
+        self.sweeping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.pool.open()
+        s = self.settings
+        if s.smpp_host:
+            self.smpp = SmppLink(s.smpp_host, s.smpp_port, s.smpp_system_id, s.smpp_password.get_secret_value(),
+                                 source_addr=s.sms_source_addr)
+            if not await self.smpp.start():
+                log.warning("SMSC %s:%s not bound yet (%s); SMS pings wait for it", s.smpp_host, s.smpp_port,
+                            self.smpp.last_error or "connecting")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.smpp is not None:
+            await self.smpp.close()
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def context(self) -> AsyncIterator[Context]:
+        async with self.pool.connection() as conn:
+            yield Context(self.settings, self.database_url, conn, smpp=self.smpp, mqtt_url=self.mqtt_url,
+                          sms_limiter=self.limiter)
+
+    async def check(self, device: int | str, *, requested_by: str, run_id: int | None = None) -> None:
+        async with self.slots, self.context() as ctx:
+            try:
+                await checklist.run(ctx, device, requested_by=requested_by, run_id=run_id)
+            except DiagnoseError as exc:
+                log.warning("checklist for %s: %s", device, exc)
+            except Exception:
+                log.exception("checklist for %s failed", device)
+
+    async def sweep_once(self) -> None:
+        s = self.settings
+        async with self.context() as ctx:
+            result = await sweep(ctx.conn, silent_factor=s.silent_after_intervals, storm_share=s.storm_share,
+                                 storm_min=s.storm_min_devices)
+            log.info("sweep: %s devices, %s active, %s silent (%s newly) in %.3f s", result.devices, result.active,
+                     len(result.silent), result.newly_silent, result.seconds)
+            if result.storm:
+                summary = (f"{result.newly_silent} of {result.active} active devices went silent together"
+                           f" ({result.newly_silent / result.active:.0%}): platform or network incident")
+                ticket = await tickets.platform_incident(ctx.conn, summary)
+                log.warning("sweep: %s; incident %s, no device tickets", summary, ticket["number"])
+                return
+            # Not again while a check runs, a ticket is open for it, or a recent run looked at it.
+            cur = await ctx.conn.execute(
+                "SELECT id FROM unnest(%s::bigint[]) AS id WHERE NOT EXISTS (SELECT 1 FROM tickets t"
+                " WHERE t.device_id = id AND t.state NOT IN ('resolved', 'closed')) AND NOT EXISTS"
+                " (SELECT 1 FROM diagnostic_runs r WHERE r.device_id = id AND r.started_at > now() - make_interval(secs => %s))",
+                ([int(x) for x in result.silent], max(s.sms_ping_period_s, s.sweep_interval_s)))
+            todo = [int(r[0]) for r in await cur.fetchall() if int(r[0]) not in self.in_progress]
+        for device_id in todo:
+            self.in_progress.add(device_id)
+            self._spawn(self._swept(device_id))
+
+    async def _swept(self, device_id: int) -> None:
+        try:
+            await self.check(device_id, requested_by="sweep")
+        finally:
+            self.in_progress.discard(device_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def queued(self) -> None:
+        """Checks asked for through the API: claim them and run them here."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE diagnostic_runs SET status = 'running', started_at = now() WHERE id IN (SELECT id FROM"
+                " diagnostic_runs WHERE status = 'queued' ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, device_id, requested_by")
+            claimed = await cur.fetchall()
+        for run_id, device_id, who in claimed:
+            self._spawn(self.check(device_id, requested_by=who, run_id=run_id))
+
+    async def run(self) -> None:
+        lock_conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        try:
+            next_sweep = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                if not self.sweeping:
+                    cur = await lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEPER_LOCK,))
+                    row = await cur.fetchone()
+                    self.sweeping = bool(row and row[0])
+                    if self.sweeping:
+                        log.info("this worker is the fleet sweeper")
+                if self.sweeping and loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.settings.sweep_interval_s
+                    try:
+                        await self.sweep_once()
+                    except psycopg.Error as exc:
+                        log.warning("sweep failed: %s", first_line(exc))
+                try:
+                    await self.queued()
+                except psycopg.Error as exc:
+                    log.warning("queued checks not read: %s", first_line(exc))
+                await asyncio.sleep(1.0)
+        finally:
+            await lock_conn.close()
+
+
+async def run(settings: Settings, database_url: str, mqtt_url: str | None = None) -> None:
+    worker = Worker(settings, database_url, mqtt_url)
+    await worker.start()
+    try:
+        await worker.run()
+    finally:
+        await worker.close()

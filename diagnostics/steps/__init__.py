@@ -1,0 +1,1 @@
+"""The checklist's steps, one module each, in the support procedure's order."""
