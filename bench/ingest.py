@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from avl.admin import DeviceSpec, add_account, add_device
 from avl.db import policies
@@ -402,11 +403,11 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
 
 
 def fetch_rows(url: str, limit: int) -> list[tuple[Any, ...]]:
-    """The stored positions as the writer's rows (attributes as JSON text, like the writer sends)."""
-    select = ", ".join("attributes::text" if c == "attributes" else c for c in POSITION_COLUMNS)
+    """The stored positions as rows for COPY: ``attributes`` is loaded as the Python value that
+    the writer's binary COPY (jsonb) dumps back to the very same jsonb."""
     with psycopg.connect(url) as conn, conn.cursor(name="bench_rows") as cur:
         cur.itersize = 20_000
-        cur.execute(f"SELECT {select} FROM positions LIMIT %s", (limit,))
+        cur.execute(f"SELECT {_COLS} FROM positions LIMIT %s", (limit,))
         return cur.fetchall()
 
 
@@ -437,10 +438,12 @@ def naive_inserts(url: str, rows: list[tuple[Any, ...]]) -> dict[str, float]:
     sql = f"INSERT INTO bench_naive ({_COLS}) VALUES ({', '.join(['%s'] * len(POSITION_COLUMNS))})"
     with psycopg.connect(url) as conn:
         fresh_table(conn, "bench_naive")
+        attributes = POSITION_COLUMNS.index("attributes")
+        prebuilt = [(*row[:attributes], Jsonb(row[attributes]), *row[attributes + 1:]) for row in rows]
         conn.autocommit = True  # one transaction, so one WAL flush, per position
         started = time.perf_counter()
         with conn.cursor() as cur:
-            for row in rows:
+            for row in prebuilt:
                 cur.execute(sql, row)
         elapsed = time.perf_counter() - started
         stored = conn.execute("SELECT count(*) FROM bench_naive").fetchone()[0]  # type: ignore[index]

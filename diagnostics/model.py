@@ -52,7 +52,7 @@ class Step:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
 
-    def done(self, status: str, summary: str, **evidence: Any) -> Step:
+    def done(self, status: str, summary: str, /, **evidence: Any) -> Step:
         self.status, self.summary = status, summary
         self.evidence.update(evidence)
         self.finished_at = datetime.now(UTC)

@@ -1,7 +1,7 @@
 """The fleet sweep: which devices are silent, vectorised over the latest positions.
 
 A device is silent when its last report is older than ``silent_after_intervals`` times its
-expected interval. When a large share of the devices that were active in the last day go
+expected interval (devices that never reported are left to certification). When a large share of the devices that were active in the last day go
 silent together, that is a platform or network incident: one incident, not thousands of
 device tickets.
 """
@@ -41,7 +41,8 @@ def classify(ids: np.ndarray, interval_s: np.ndarray, last_epoch: np.ndarray, se
     """Returns (silent ids, active count, newly silent count, storm?) over whole-fleet arrays."""
     age = now - last_epoch  # NaN for devices that never reported
     never = np.isnan(age)
-    silent = serviceable & (never | (age > silent_factor * interval_s))
+    # A terminal that never reported is an installation matter (certification), not a fault to sweep for.
+    silent = serviceable & ~never & (age > silent_factor * interval_s)
     active = serviceable & ~never & (age <= ACTIVE_WINDOW_S)
     newly = int((silent & active).sum())
     n_active = int(active.sum())

@@ -30,7 +30,7 @@ def _token() -> int:
 class Link:
     """Base: what a terminal needs from any transport."""
 
-    async def exchange(self, frame: Frame, timeout: float, *, duplicate: bool = False,
+    async def exchange(self, frame: Frame, wait_s: float, *, duplicate: bool = False,
                        garbage: bytes | None = None, read: bool = True) -> bool:
         raise NotImplementedError
 
@@ -52,15 +52,15 @@ class StreamLink(Link):
         self.answers: dict[Hashable, bool] = {}
 
     @classmethod
-    async def open(cls, codec: Codec, host: str, port: int, timeout: float, bind: str | None) -> StreamLink:
+    async def open(cls, codec: Codec, host: str, port: int, wait_s: float, bind: str | None) -> StreamLink:
         local = (bind, 0) if bind else None
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), wait_s)
         return cls(codec, reader, writer)
 
-    async def login(self, frame: Frame, timeout: float) -> bool:
+    async def login(self, frame: Frame, wait_s: float) -> bool:
         self.login_pending = True
         try:
-            return await self.exchange(frame, timeout)
+            return await self.exchange(frame, wait_s)
         finally:
             self.login_pending = False
 
@@ -69,7 +69,7 @@ class StreamLink(Link):
             raise ConnectionError("connection closed")
         self.writer.write(data)
 
-    async def exchange(self, frame: Frame, timeout: float, *, duplicate: bool = False,
+    async def exchange(self, frame: Frame, wait_s: float, *, duplicate: bool = False,
                        garbage: bytes | None = None, read: bool = True) -> bool:
         token: Hashable = frame.key if self.codec.keyed else _token()
         if garbage:
@@ -79,7 +79,7 @@ class StreamLink(Link):
             if frame.expects_ack and not self.codec.keyed:
                 self.owed.append(token)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait_s):
                 await self.writer.drain()
         except TimeoutError:
             return False
@@ -87,7 +87,7 @@ class StreamLink(Link):
             return True
         self.answers.clear()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while token not in self.answers:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -148,7 +148,7 @@ class UdpLink(Link):
             _Datagrams, remote_addr=(host, port), local_addr=(bind, 0) if bind else None)
         return cls(codec, transport, protocol)
 
-    async def exchange(self, frame: Frame, timeout: float, *, duplicate: bool = False,
+    async def exchange(self, frame: Frame, wait_s: float, *, duplicate: bool = False,
                        garbage: bytes | None = None, read: bool = True) -> bool:
         if self.protocol.lost:
             raise ConnectionError("socket closed")
@@ -159,7 +159,7 @@ class UdpLink(Link):
         if not frame.expects_ack or not read:
             return True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -185,23 +185,23 @@ class MqttLink(Link):
         self.topic = topic
 
     @classmethod
-    async def open(cls, host: str, port: int, identifier: str, topic: str, timeout: float,
+    async def open(cls, host: str, port: int, identifier: str, topic: str, wait_s: float,
                    username: str | None = None, password: str | None = None, bind: str | None = None) -> MqttLink:
         client = aiomqtt.Client(host, port, identifier=f"sim-{identifier}", username=username, password=password,
-                                keepalive=120, timeout=timeout, bind_address=bind or "")
+                                keepalive=120, timeout=wait_s, bind_address=bind or "")
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise ConnectionError(str(exc)) from None
         return cls(client, topic)
 
-    async def exchange(self, frame: Frame, timeout: float, *, duplicate: bool = False,
+    async def exchange(self, frame: Frame, wait_s: float, *, duplicate: bool = False,
                        garbage: bytes | None = None, read: bool = True) -> bool:
         try:
             if garbage:
-                await self.client.publish(self.topic, garbage, qos=1, timeout=timeout)
+                await self.client.publish(self.topic, garbage, qos=1, timeout=wait_s)
             for _ in range(2 if duplicate else 1):
-                await self.client.publish(self.topic, frame.data, qos=1, timeout=timeout)
+                await self.client.publish(self.topic, frame.data, qos=1, timeout=wait_s)
         except aiomqtt.MqttError as exc:
             if "timed out" in str(exc).lower():
                 return False

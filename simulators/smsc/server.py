@@ -196,8 +196,10 @@ class Smsc:
         # handset MSISDN -> system_id of the ESME that last sent it an MT (where its replies go).
         self.last_mt_sender: dict[str, str] = {}
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # deliveries
+        self._connections: set[asyncio.Task[Any]] = set()
         self._bind_event = asyncio.Event()
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -210,14 +212,19 @@ class Smsc:
         return bound
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions):
-            session.close()
+        # Cancel deliveries before closing sessions: a response future failing at the same
+        # moment as the cancel can swallow the cancellation (asyncio.wait_for in 3.11).
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in list(self.sessions):
+            session.close()
+        if self._connections:  # closed sessions end their read loops by themselves
+            await asyncio.wait(self._connections, timeout=2)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -234,9 +241,9 @@ class Smsc:
         session = Session(self, reader, writer)
         self.sessions.append(session)
         task = asyncio.current_task()
-        if task is not None:  # so that stop() can cancel connection handlers too
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if task is not None:  # so that stop() can wait for connection handlers
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         log.info("%r connected", session)
         try:
             await self._read_loop(session)
@@ -472,7 +479,7 @@ class Smsc:
 
     async def _deliver(self, message: Message) -> None:
         """Deliver one message as deliver_sm, retrying until final; then the receipt."""
-        while True:
+        while not self._stopping:
             remaining = (message.expires_at - datetime.now(UTC)).total_seconds()
             if remaining <= 0:
                 self._finish(message, MessageState.EXPIRED)
@@ -493,7 +500,8 @@ class Smsc:
             why = "no response" if status is None else status_name(status)
             self.store.event(message, f"attempt {message.attempts} to {receiver.system_id}: {why}; will retry")
             await asyncio.sleep(min(self.retry_interval, remaining))
-        self._maybe_receipt(message)
+        if message.final:
+            self._maybe_receipt(message)
 
     async def _attempt(self, receiver: Session, message: Message) -> int | None:
         """One deliver_sm; the response status, or None for timeout / lost connection / nack."""

@@ -88,4 +88,4 @@ def test_passwords_are_redacted_from_urls() -> None:
 
 def test_readme_documents_every_setting_with_its_default() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert settings_table() in readme, "README's configuration table is stale: paste `python -m avl.config`"
+    assert settings_table() in readme, "README configuration table is stale: run scripts/readme-settings"

@@ -62,6 +62,10 @@ def test_demo_serves_a_migrated_embedded_database_and_stops_cleanly(workdir: Pat
         assert me["role"] == "client"
         assert port_in_use(db_port) and port_in_use(mqtt_port)
         # A demo terminal reporting over the real wire protocol is acknowledged (stored).
+        for _ in range(100):  # the listeners come up a moment after the banner
+            if port_in_use(ports["gt06"]):
+                break
+            time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", ports["gt06"]), timeout=10) as device:
             device.sendall(gt06.encode_login("868120201234561"))
             assert device.recv(10)[3] == 0x01

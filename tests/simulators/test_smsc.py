@@ -554,7 +554,7 @@ def test_random_frames_never_crash_the_server(
                 else:
                     cid = rng.choice(commands)
                 s.sendall(struct.pack(">IIII", 16 + len(body), cid, 0, seq) + body)
-            s.settimeout(0.3)
+            s.settimeout(0.1)
             with contextlib.suppress(OSError):
                 while s.recv(4096):
                     pass
@@ -580,7 +580,7 @@ def test_cli_runs_the_smsc() -> None:
                 client.connect()
                 break
             except smpplib.exceptions.ConnectionError:
-                client._socket = None
+                client.disconnect()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
