@@ -26,7 +26,7 @@ from diagnostics.model import EXPLANATION, Verdict
 RECURRENCE = timedelta(days=30)
 DEAD_ON_ARRIVAL = timedelta(days=15)
 SLA = {"technical": timedelta(hours=24), "field_service": timedelta(hours=72), "platform": timedelta(hours=4)}
-CLOSED = ("resolved", "closed")
+CLOSED = ["resolved", "closed"]
 
 
 async def nearest_centers(conn: psycopg.AsyncConnection, lat: float | None, lon: float | None,
@@ -73,7 +73,7 @@ async def for_verdict(conn: psycopg.AsyncConnection, device: Device, verdict: Ve
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # Serialise per device: two checks of one device must not open two tickets.
         await cur.execute("SELECT pg_advisory_xact_lock(7412100, %s)", (device.id,))
-        await cur.execute("SELECT * FROM tickets WHERE device_id = %s AND category = %s AND state NOT IN %s",
+        await cur.execute("SELECT * FROM tickets WHERE device_id = %s AND category = %s AND state <> ALL(%s)",
                           (device.id, category, CLOSED))
         open_ticket = await cur.fetchone()
         if open_ticket is not None:
@@ -81,7 +81,7 @@ async def for_verdict(conn: psycopg.AsyncConnection, device: Device, verdict: Ve
                                reason=f"checklist run {run_id}: {category} again", notes=summary)
             return {**open_ticket, "reused": True}
         await cur.execute("SELECT id, number, resolved_at FROM tickets WHERE device_id = %s AND category = %s"
-                          " AND state IN %s AND coalesce(resolved_at, closed_at) > %s"
+                          " AND state = ANY(%s) AND coalesce(resolved_at, closed_at) > %s"
                           " ORDER BY coalesce(resolved_at, closed_at) DESC LIMIT 1",
                           (device.id, category, CLOSED, now - RECURRENCE))
         earlier = await cur.fetchone()
@@ -118,7 +118,7 @@ async def platform_incident(conn: psycopg.AsyncConnection, summary: str) -> dict
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT pg_advisory_xact_lock(7412101)")
         await cur.execute("SELECT * FROM tickets WHERE device_id IS NULL AND category = 'platform_incident'"
-                          " AND state NOT IN %s", (CLOSED,))
+                          " AND state <> ALL(%s)", (CLOSED,))
         ticket = await cur.fetchone()
         if ticket is None:
             await cur.execute(
