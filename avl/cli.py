@@ -247,6 +247,14 @@ def diagnose(
     typer.echo(json.dumps(evidence, default=str, ensure_ascii=False, indent=2) if as_json else report_text)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def smsc(ctx: typer.Context) -> None:
+    """Run the SMPP 3.4 SMSC simulator (options: --host --port --account ID:PW --barred PREFIX --throttle N ...)."""
+    from simulators.smsc import main as smsc_main
+
+    raise typer.Exit(smsc_main(list(ctx.args)))
+
+
 # Administration ------------------------------------------------------------------
 
 

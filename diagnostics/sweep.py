@@ -16,13 +16,26 @@ import psycopg
 
 ACTIVE_WINDOW_S = 86_400.0
 
-SWEEP_SQL = """
-SELECT d.id, d.report_interval_s, coalesce(extract(epoch FROM l.last_received_at), 'NaN'::float8),
-       (a.status = 'active' AND d.line_status = 'active')
-FROM devices d
-JOIN accounts a ON a.id = d.account_id
-LEFT JOIN latest_positions l ON l.device_id = d.id
+# Fixed-width binary COPY rows parse straight into numpy arrays (no per-row Python objects).
+SWEEP_COPY = """
+COPY (SELECT d.id::int8, d.report_interval_s::int4,
+             coalesce(extract(epoch FROM l.last_received_at)::float8, 'NaN'::float8),
+             coalesce(a.status = 'active' AND d.line_status = 'active', false)
+      FROM devices d
+      JOIN accounts a ON a.id = d.account_id
+      LEFT JOIN latest_positions l ON l.device_id = d.id) TO STDOUT (FORMAT BINARY)
 """
+_ROW = np.dtype([("fields", ">i2"), ("len_id", ">i4"), ("id", ">i8"), ("len_interval", ">i4"), ("interval", ">i4"),
+                 ("len_last", ">i4"), ("last", ">f8"), ("len_ok", ">i4"), ("ok", "u1")])
+_HEADER = 19  # PGCOPY signature (11), flags (4), header extension length (4)
+
+
+def parse_copy(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sweep's binary COPY output as arrays: ids, intervals, last arrival (epoch s), serviceable."""
+    body = memoryview(data)[_HEADER:len(data) - 2]  # trailer: int16 -1
+    rows = np.frombuffer(body, dtype=_ROW)
+    return (rows["id"].astype(np.int64), rows["interval"].astype(np.float64), rows["last"].astype(np.float64),
+            rows["ok"].astype(bool))
 
 
 @dataclass
@@ -50,21 +63,17 @@ def classify(ids: np.ndarray, interval_s: np.ndarray, last_epoch: np.ndarray, se
     return ids[silent], n_active, newly, storm
 
 
-async def sweep(conn: psycopg.AsyncConnection, *, silent_factor: float, storm_share: float, storm_min: int) -> SweepResult:
+async def sweep(conn: psycopg.AsyncConnection, *, silent_factor: float, storm_share: float, storm_min: int,
+                now: float | None = None) -> SweepResult:
     started = time.perf_counter()
-    cur = await conn.execute(SWEEP_SQL)
-    rows = await cur.fetchall()
+    chunks = []
+    async with conn.cursor().copy(SWEEP_COPY) as copy:
+        async for chunk in copy:
+            chunks.append(bytes(chunk))
+    ids, interval, last, ok = parse_copy(b"".join(chunks))
     fetched = time.perf_counter()
-    if rows:
-        ids, interval, last, ok = (np.array(col) for col in zip(*rows, strict=True))
-        ids, interval, last = ids.astype(np.int64), interval.astype(np.float64), last.astype(np.float64)
-        ok = ok.astype(bool)
-    else:
-        ids = np.empty(0, np.int64)
-        interval = last = np.empty(0)
-        ok = np.empty(0, bool)
-    silent, n_active, newly, storm = classify(ids, interval, last, ok, now=time.time(), silent_factor=silent_factor,
+    silent, n_active, newly, storm = classify(ids, interval, last, ok, now=time.time() if now is None else now, silent_factor=silent_factor,
                                               storm_share=storm_share, storm_min=storm_min)
     done = time.perf_counter()
-    return SweepResult(devices=len(rows), active=n_active, silent=silent, newly_silent=newly, storm=storm,
+    return SweepResult(devices=len(ids), active=n_active, silent=silent, newly_silent=newly, storm=storm,
                        seconds=done - started, figures={"fetch_s": fetched - started, "classify_s": done - fetched})

@@ -417,8 +417,9 @@ Body = Bind | BindResp | ShortMessage | MessageIdResp | QuerySm | QuerySmResp
 
 BIND_COMMANDS = (CommandId.BIND_RECEIVER, CommandId.BIND_TRANSMITTER, CommandId.BIND_TRANSCEIVER)
 
-_BODY_TYPES: dict[int, type[Bind] | type[BindResp] | type[ShortMessage] | type[MessageIdResp] | type[QuerySm]
-                  | type[QuerySmResp]] = {
+_BODY_TYPES: dict[
+    int, type[Bind] | type[BindResp] | type[ShortMessage] | type[MessageIdResp] | type[QuerySm] | type[QuerySmResp]
+] = {
     CommandId.BIND_RECEIVER: Bind,
     CommandId.BIND_TRANSMITTER: Bind,
     CommandId.BIND_TRANSCEIVER: Bind,

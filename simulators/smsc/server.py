@@ -277,12 +277,13 @@ class Smsc:
             await self._dispatch(session, pdu)
 
     async def _undecodable(self, session: Session, data: bytes, exc: PduError) -> None:
-        _, command_id, _, seq = decode_header(data)
+        _, command_id, status, seq = decode_header(data)
         log.warning("%r undecodable %s: %s", session, command_name(command_id), exc)
         if command_id & RESPONSE_BIT:
+            # A response's verdict is its header status, whatever is wrong with its body.
             future = session.pending.get(seq)
             if future is not None and not future.done():
-                future.set_result(Pdu(command_id, seq, exc.status))
+                future.set_result(Pdu(command_id, seq, status))
             return
         if exc.status == Status.ESME_RINVCMDID:
             await session.send(Pdu(CommandId.GENERIC_NACK, seq, Status.ESME_RINVCMDID))
@@ -349,9 +350,7 @@ class Smsc:
         session.mode = mode
         session.system_id = bind.system_id
         session.address_range = address_range
-        await session.send(
-            pdu.response(Status.ESME_ROK, BindResp(self.system_id, {Tag.SC_INTERFACE_VERSION: b"\x34"}))
-        )
+        await session.send(pdu.response(Status.ESME_ROK, BindResp(self.system_id, {Tag.SC_INTERFACE_VERSION: b"\x34"})))
         log.info("%r bound, address_range=%r", session, bind.address_range)
         if address_range is not None and session.can_receive:
             self.known_ranges.setdefault(bind.address_range, address_range)
@@ -400,8 +399,14 @@ class Smsc:
             tag: value
             for tag, value in sm.tlvs.items()
             if tag
-            in (Tag.SAR_MSG_REF_NUM, Tag.SAR_TOTAL_SEGMENTS, Tag.SAR_SEGMENT_SEQNUM, Tag.SOURCE_PORT,
-                Tag.DESTINATION_PORT, Tag.USER_MESSAGE_REFERENCE)
+            in (
+                Tag.SAR_MSG_REF_NUM,
+                Tag.SAR_TOTAL_SEGMENTS,
+                Tag.SAR_SEGMENT_SEQNUM,
+                Tag.SOURCE_PORT,
+                Tag.DESTINATION_PORT,
+                Tag.USER_MESSAGE_REFERENCE,
+            )
         }
         message = Message(
             message_id=self.store.next_id(),
@@ -474,8 +479,9 @@ class Smsc:
         message.done_time = datetime.now(UTC)
         message.delivered_to = to
         suffix = f" to {to}" if to else ""
-        self.store.event(message, f"{state.name} after {message.attempts} attempt(s){suffix} "
-                                  f"err={status_name(error_code)}")
+        self.store.event(
+            message, f"{state.name} after {message.attempts} attempt(s){suffix} err={status_name(error_code)}"
+        )
 
     async def _deliver(self, message: Message) -> None:
         """Deliver one message as deliver_sm, retrying until final; then the receipt."""
@@ -486,7 +492,8 @@ class Smsc:
                 break
             receiver = self._receiver_for(message)
             if receiver is None:
-                self.store.event(message, "no receiver bound: stored")
+                if not message.history or message.history[-1] != "no receiver bound: stored":
+                    self.store.event(message, "no receiver bound: stored")
                 await self._wait_for_bind(min(self.retry_interval, remaining))
                 continue
             message.attempts += 1
@@ -499,7 +506,10 @@ class Smsc:
                 break
             why = "no response" if status is None else status_name(status)
             self.store.event(message, f"attempt {message.attempts} to {receiver.system_id}: {why}; will retry")
-            await asyncio.sleep(min(self.retry_interval, remaining))
+            if receiver.closed:  # its receiver went away: retry as soon as one binds again
+                await self._wait_for_bind(min(self.retry_interval, remaining))
+            else:
+                await asyncio.sleep(min(self.retry_interval, remaining))
         if message.final:
             self._maybe_receipt(message)
 
@@ -625,15 +635,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avl smsc", description="SMPP 3.4 SMSC simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2775)
-    p.add_argument("--account", action="append", default=[], metavar="SYSTEM_ID:PASSWORD",
-                   help="ESME account (repeatable; default avl:avl-secret and fleet:fleet-secret)")
-    p.add_argument("--barred", action="append", default=[], metavar="PREFIX",
-                   help="refuse destinations starting with PREFIX (repeatable)")
-    p.add_argument("--route", action="append", default=[], metavar="REGEX",
-                   help="accept destinations matching REGEX even before any receiver has bound for them")
+    p.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="SYSTEM_ID:PASSWORD",
+        help="ESME account (repeatable; default avl:avl-secret and fleet:fleet-secret)",
+    )
+    p.add_argument(
+        "--barred",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="refuse destinations starting with PREFIX (repeatable)",
+    )
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="accept destinations matching REGEX even before any receiver has bound for them",
+    )
     p.add_argument("--throttle", type=int, default=None, metavar="N", help="max submit_sm per second per bind")
-    p.add_argument("--validity", type=float, default=24 * 3600.0, metavar="SECONDS",
-                   help="default validity period when submit_sm carries none")
+    p.add_argument(
+        "--validity",
+        type=float,
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="default validity period when submit_sm carries none",
+    )
     p.add_argument("--retry", type=float, default=30.0, metavar="SECONDS", help="retry interval")
     p.add_argument("--log-level", default="INFO")
     return p

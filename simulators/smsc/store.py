@@ -15,8 +15,13 @@ from simulators.smsc.pdu import RECEIPT_STAT, MessageState, PduError, Status
 log = logging.getLogger("simulators.smsc")
 
 FINAL_STATES = frozenset(
-    {MessageState.DELIVERED, MessageState.EXPIRED, MessageState.UNDELIVERABLE, MessageState.DELETED,
-     MessageState.REJECTED}
+    {
+        MessageState.DELIVERED,
+        MessageState.EXPIRED,
+        MessageState.UNDELIVERABLE,
+        MessageState.DELETED,
+        MessageState.REJECTED,
+    }
 )
 
 

@@ -284,8 +284,9 @@ def test_validity_period_expiry_without_gateway(smsc: SmscThread, clients: list[
     avl = bind_server(smsc, clients)
     bind_gateway(smsc, clients).unbind()
     # Relative validity of one second (SMPP time format YYMMDDhhmmsstnnR).
-    resp = avl.submit(destination_addr=TERMINAL, short_message=b"x", registered_delivery=1,
-                      validity_period="000000000001000R")
+    resp = avl.submit(
+        destination_addr=TERMINAL, short_message=b"x", registered_delivery=1, validity_period="000000000001000R"
+    )
     m = parse_receipt(avl.wait_for("deliver_sm", timeout=4)[0])
     assert (m["id"], m["stat"]) == (resp.message_id.decode(), "EXPIRED")
     bad = avl.submit(destination_addr=TERMINAL, short_message=b"x", validity_period="tomorrow")
@@ -333,8 +334,9 @@ def test_mo_by_address_range_and_store_and_forward(smsc: SmscThread, clients: li
     )
     avl = bind_server(smsc, clients, address_range=f"^{SERVER_NUMBER}$")
     avl.unbind()
-    resp = gw.submit(source_addr=TERMINAL, destination_addr=SERVER_NUMBER, short_message=b"ALARM panic button",
-                     registered_delivery=1)
+    resp = gw.submit(
+        source_addr=TERMINAL, destination_addr=SERVER_NUMBER, short_message=b"ALARM panic button", registered_delivery=1
+    )
     assert resp.status == 0
     time.sleep(0.3)
     avl2 = bind_server(smsc, clients, address_range=f"^{SERVER_NUMBER}$")
@@ -439,8 +441,13 @@ def test_garbage_is_nacked_and_server_keeps_serving(smsc: SmscThread, clients: l
 
 
 def test_pdu_roundtrip() -> None:
-    sm = P.ShortMessage(source_addr="1234", destination_addr=TERMINAL, registered_delivery=1,
-                        short_message=b"hi", tlvs={P.Tag.USER_MESSAGE_REFERENCE: b"\x00\x07"})
+    sm = P.ShortMessage(
+        source_addr="1234",
+        destination_addr=TERMINAL,
+        registered_delivery=1,
+        short_message=b"hi",
+        tlvs={P.Tag.USER_MESSAGE_REFERENCE: b"\x00\x07"},
+    )
     pdu = P.Pdu(P.CommandId.SUBMIT_SM, 9, 0, sm)
     back = P.decode(pdu.encode())
     assert back == pdu
@@ -476,7 +483,8 @@ def _net_smpp() -> None:
         pytest.skip("perl is not installed")
     if subprocess.run(["perl", "-MNet::SMPP", "-e", "1"], capture_output=True).returncode != 0:
         if shutil.which("apt-get"):
-            subprocess.run(["apt-get", "install", "-y", "libnet-smpp-perl"], capture_output=True, timeout=300)
+            for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "libnet-smpp-perl"]):
+                subprocess.run(cmd, capture_output=True, timeout=300)
         if subprocess.run(["perl", "-MNet::SMPP", "-e", "1"], capture_output=True).returncode != 0:
             pytest.skip("Net::SMPP (Debian libnet-smpp-perl) is not installed and could not be installed")
 
@@ -484,15 +492,28 @@ def _net_smpp() -> None:
 def _perl(port: int, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["perl", str(PERL_ESME), "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def test_net_smpp_sender_gets_receipt_and_mo(smsc: SmscThread, clients: list[Esme]) -> None:
     _net_smpp()
     gw = bind_gateway(smsc, clients)
-    perl = _perl(smsc.port, "--mode", "sender", "--from", SERVER_NUMBER, "--to", TERMINAL,
-                 "--text", "hello from Net::SMPP", "--expect", "2")
+    perl = _perl(
+        smsc.port,
+        "--mode",
+        "sender",
+        "--from",
+        SERVER_NUMBER,
+        "--to",
+        TERMINAL,
+        "--text",
+        "hello from Net::SMPP",
+        "--expect",
+        "2",
+    )
     gw.wait_for("deliver_sm", timeout=10)
     assert gw.delivers()[0].short_message == b"hello from Net::SMPP"
     assert gw.submit(source_addr=TERMINAL, destination_addr=SERVER_NUMBER, short_message=b"pong").status == 0
@@ -512,8 +533,19 @@ def test_net_smpp_sender_gets_receipt_and_mo(smsc: SmscThread, clients: list[Esm
 
 def test_net_smpp_as_gateway(smsc: SmscThread, clients: list[Esme]) -> None:
     _net_smpp()
-    perl = _perl(smsc.port, "--mode", "gateway", "--system_id", "fleet", "--password", "fleet-secret",
-                 "--range", GATEWAY_RANGE, "--reply", "OK from perl handset")
+    perl = _perl(
+        smsc.port,
+        "--mode",
+        "gateway",
+        "--system_id",
+        "fleet",
+        "--password",
+        "fleet-secret",
+        "--range",
+        GATEWAY_RANGE,
+        "--reply",
+        "OK from perl handset",
+    )
     assert perl.stdout is not None
     assert perl.stdout.readline().strip() == "BIND 0"
     assert perl.stdout.readline().strip() == "READY"
@@ -570,7 +602,9 @@ def test_cli_runs_the_smsc() -> None:
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulators.smsc", "--port", str(port), "--account", "x:y", "--route", "^5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         client = Esme(port)
