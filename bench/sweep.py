@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psycopg
 
 from avl.db.migrate import migrate
