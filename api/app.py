@@ -1,18 +1,34 @@
-"""The FastAPI application: ``create_app(database_url)``."""
+"""The FastAPI application: ``create_app(database_url)``.
+
+Every error is JSON ``{"error": code, "message": one line}``: validation errors name the
+field, a database that went away is a 503, and an unexpected failure is a 500 without a
+traceback (the traceback goes to the log).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+import psycopg
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import avl
-from api.deps import current_user, pool
+from api import auth
+from api.deps import CurrentUser, pool
 from avl.db import first_line
+
+log = logging.getLogger("avl.api")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
 def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
@@ -22,6 +38,7 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
                                  kwargs={"autocommit": True}, timeout=10)
         await db.open()
         app.state.pool = db
+        app.state.database_url = database_url
         try:
             yield
         finally:
@@ -33,7 +50,36 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
         lifespan=lifespan,
         docs_url="/api/docs",
         openapi_url="/api/v1/openapi.json",
+        description="For fleet clients (their vehicles, history, zones, exports), the support center (fault checklist, "
+                    "tickets) and installation centers (registration, certification). Authenticate with "
+                    "`Authorization: Bearer <token>` (an API token from `avl token create`, or a session from "
+                    "`POST /api/v1/auth/login`).",
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict) and "error" in exc.detail:
+            return JSONResponse(exc.detail, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable for %s %s: %s", request.method, request.url.path, first_line(exc))
+        return _error(503, "database_unavailable", "the database is unavailable; try again shortly")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "unexpected server error; it has been logged")
 
     @app.get("/health", tags=["platform"], summary="Liveness and database reachability")
     async def health(db: Annotated[AsyncConnectionPool, Depends(pool)]) -> JSONResponse:
@@ -45,14 +91,26 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
                     " (SELECT max(version) FROM schema_migrations)"
                 )
                 row = await cur.fetchone()
-        except Exception as exc:  # any database failure is reported, not raised
+        except (psycopg.Error, PoolTimeout) as exc:
             return JSONResponse({"status": "unavailable", "database": first_line(exc)}, status_code=503)
         assert row is not None
         return JSONResponse({"status": "ok", "database": "ok", "storage": row[0], "schema_version": row[1],
                              "version": avl.__version__})
 
-    @app.get("/api/v1/me", tags=["access"], summary="The user behind the bearer token")
-    async def me(user: Annotated[dict[str, Any], Depends(current_user)]) -> dict[str, Any]:
-        return user
+    @app.get("/api/v1/me", tags=["access"], summary="The user behind the token")
+    async def me(user: CurrentUser) -> dict[str, Any]:
+        return {"id": user.id, "name": user.name, "email": user.email, "role": user.role,
+                "account_id": user.account_id, "installation_center_id": user.installation_center_id,
+                "account_status": user.account_status, "must_change_password": user.must_change_password}
 
+    app.state.login_limiter = auth.LoginLimiter()
+    app.include_router(auth.router)
+    for module in ("fleet", "live", "support", "installers", "admin"):
+        try:
+            routes = __import__(f"api.routes.{module}", fromlist=["router"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"api.routes.{module}":
+                raise
+            continue
+        app.include_router(routes.router)
     return app

@@ -1,14 +1,20 @@
-"""Request dependencies: the database pool and the current user (from an API token)."""
+"""Request dependencies: the database pool, the current user (API token or console
+session), role checks, and the tenancy rule: a client sees only its own account, and
+another account's resource answers 404 exactly like a missing one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Cookie, Depends, Header, HTTPException, Request
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from avl.admin import hash_token
+
+SESSION_COOKIE = "avl_session"
 
 
 def pool(request: Request) -> AsyncConnectionPool:
@@ -16,23 +22,103 @@ def pool(request: Request) -> AsyncConnectionPool:
     return p
 
 
+async def db(p: Annotated[AsyncConnectionPool, Depends(pool)]) -> Any:
+    """One pooled connection per request (autocommit; use ``conn.transaction()`` to group writes)."""
+    async with p.connection() as conn:
+        yield conn
+
+
+Db = Annotated[AsyncConnection, Depends(db)]
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    email: str
+    role: str  # client | support | installer | admin
+    account_id: int | None
+    installation_center_id: int | None
+    account_status: str | None
+    must_change_password: bool
+
+    def account_scope(self) -> int | None:
+        """The account a query must be limited to (clients), or None (staff roles see all)."""
+        return self.account_id if self.role == "client" else None
+
+
+class ApiError(HTTPException):
+    """An error a person reads: one line, and a stable machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, detail={"error": code, "message": message})
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
 async def current_user(
-    db: Annotated[AsyncConnectionPool, Depends(pool)],
-    authorization: Annotated[str | None, Header()] = None,
-) -> dict[str, Any]:
-    """The user behind ``Authorization: Bearer <token>``; 401 when missing, unknown or revoked."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    token = authorization.split(None, 1)[1].strip()
-    async with db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    conn: Db,
+    authorization: Annotated[str | None, Header(description="`Bearer <API token>`")] = None,
+    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE, include_in_schema=False)] = None,
+) -> User:
+    """The user behind the bearer token or the console's session cookie."""
+    token = None
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization.split(None, 1)[1].strip()
+    elif session:
+        token = session
+    if not token:
+        raise ApiError(401, "unauthenticated", "missing bearer token")
+    async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "UPDATE api_tokens t SET last_used_at = now() FROM users u"
+            "UPDATE api_tokens t SET last_used_at = now() FROM users u LEFT JOIN accounts a ON a.id = u.account_id"
             " WHERE t.token_hash = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())"
             " AND u.id = t.user_id AND u.active"
-            " RETURNING u.id, u.name, u.email, u.role, u.account_id, u.installation_center_id",
-            (hash_token(token),),
-        )
-        user = await cur.fetchone()
-    if user is None:
-        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            " RETURNING u.id, u.name, u.email, u.role, u.account_id, u.installation_center_id,"
+            " a.status AS account_status, u.must_change_password",
+            (hash_token(token),))
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(401, "unauthenticated", "invalid, expired or revoked token")
+    user = User(**row)
+    if user.role == "client" and user.account_status == "retired":
+        # The service's "access key blocked": a retired account's users are refused.
+        raise ApiError(403, "account_retired", "this account's service was retired: access blocked")
     return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require(*roles: str) -> Any:
+    """A dependency admitting only ``roles`` (admins are admitted everywhere)."""
+
+    async def check(user: CurrentUser) -> User:
+        if user.role not in roles and user.role != "admin":
+            raise ApiError(403, "forbidden", f"this needs the {' or '.join(roles)} role")
+        return user
+
+    return Depends(check)
+
+
+def live_data_allowed(user: User) -> None:
+    """A suspended account can log in and see why, but receives no live data."""
+    if user.role == "client" and user.account_status == "suspended":
+        raise ApiError(403, "account_suspended",
+                       "this account is suspended for non-payment: no live data until payment is received")
+
+
+async def device_in_scope(conn: AsyncConnection, user: User, device_id: int) -> dict[str, Any]:
+    """A device the user may see, or 404 (never 403: another account's device looks missing)."""
+    scope = user.account_scope()
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT d.*, v.plate, v.supply_voltage_v, v.kind AS vehicle_kind FROM devices d"
+            " LEFT JOIN vehicles v ON v.id = d.vehicle_id WHERE d.id = %s AND (%s::bigint IS NULL OR d.account_id = %s)",
+            (device_id, scope, scope))
+        row = await cur.fetchone()
+    if row is None:
+        raise not_found(f"device {device_id}")
+    return row

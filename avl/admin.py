@@ -221,3 +221,35 @@ def create_token(conn: psycopg.Connection, role: str, *, name: str, email: str |
     conn.execute("INSERT INTO api_tokens (user_id, name, token_hash) VALUES (%s, %s, %s)",
                  (user["id"], name, hash_token(token)))
     return user, token
+
+
+# Passwords (web console login): scrypt from the standard library, salted, parameters stored.
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), dklen=32, n=int(n), r=int(r), p=int(p))
+    except ValueError:
+        return False
+    return secrets.compare_digest(candidate.hex(), digest)
+
+
+def set_password(conn: psycopg.Connection, email: str, password: str, *, must_change: bool = False) -> dict[str, Any]:
+    if len(password) < 8:
+        raise AdminError("a password needs at least 8 characters")
+    row = _one(conn, "UPDATE users SET password_hash = %s, must_change_password = %s WHERE lower(email) = lower(%s)"
+               " RETURNING id, email, role", (hash_password(password), must_change, email))
+    if row is None:
+        raise AdminError(f"user {email!r} not found")
+    return row

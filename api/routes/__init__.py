@@ -1,0 +1,1 @@
+"""One router module per area: fleet (clients), live, support, installers, admin."""
