@@ -126,8 +126,9 @@ async def _notify(ctx: Context, device: Device, verdict: Verdict, ticket: dict[s
     except (SmppError, TimeoutError) as exc:
         log.warning("customer notice for ticket %s not sent: %s", ticket["number"], exc)
         return False
-    await ctx.conn.execute("INSERT INTO sms_messages (direction, msisdn, body, status, smpp_message_id, submitted_at)"
-                           " VALUES ('mt', %s, %s, 'submitted', %s, now())", (device.contact_msisdn, text, message_id))
+    await ctx.conn.execute("INSERT INTO sms_messages (direction, msisdn, body, status, smpp_message_id, submitted_at,"
+                           " purpose) VALUES ('mt', %s, %s, 'submitted', %s, now(), 'notice')",
+                           (device.contact_msisdn, text, message_id))
     await tickets.add_activity(ctx.conn, int(ticket["id"]), who="diagnostics", channel="sms",  # type: ignore[call-overload]
                                reason="customer notified", supplied=text)
     return True

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from avl.config import Settings
 from avl.db import first_line
-from diagnostics import checklist, tickets
+from diagnostics import checklist, outbox, tickets
 from diagnostics.context import Context, DiagnoseError, RateLimiter
 from diagnostics.smpp import SmppLink
 from diagnostics.sweep import sweep
@@ -47,6 +47,7 @@ class Worker:
         if s.smpp_host:
             self.smpp = SmppLink(s.smpp_host, s.smpp_port, s.smpp_system_id, s.smpp_password.get_secret_value(),
                                  source_addr=s.sms_source_addr)
+            self.smpp.subscribe(lambda msg: self._spawn(outbox.record_inbound(self.pool, msg)))
             if not await self.smpp.start():
                 log.warning("SMSC %s:%s not bound yet (%s); SMS pings wait for it", s.smpp_host, s.smpp_port,
                             self.smpp.last_error or "connecting")
@@ -140,8 +141,10 @@ class Worker:
                         log.warning("sweep failed: %s", first_line(exc))
                 try:
                     await self.queued()
+                    if self.smpp is not None:
+                        await outbox.send_queued(self.pool, self.smpp, self.limiter)
                 except psycopg.Error as exc:
-                    log.warning("queued checks not read: %s", first_line(exc))
+                    log.warning("queued checks or SMS not read: %s", first_line(exc))
                 await asyncio.sleep(1.0)
         finally:
             await lock_conn.close()

@@ -106,8 +106,8 @@ async def check(ctx: Context, device: Device) -> tuple[Step, Verdict]:
     unsubscribe = ctx.smpp.subscribe(inbound.put_nowait)
     sent_at = datetime.now(UTC)
     cur = await ctx.conn.execute(
-        "INSERT INTO sms_messages (direction, msisdn, device_id, body, status) VALUES ('mt', %s, %s, %s, 'queued')"
-        " RETURNING id", (device.msisdn, device.id, command))
+        "INSERT INTO sms_messages (direction, msisdn, device_id, body, status, purpose)"
+        " VALUES ('mt', %s, %s, %s, 'sending', 'ping') RETURNING id", (device.msisdn, device.id, command))
     row = await cur.fetchone()
     assert row is not None
     sms_id = row[0]
@@ -130,14 +130,11 @@ async def check(ctx: Context, device: Device) -> tuple[Step, Verdict]:
                 msg = await asyncio.wait_for(inbound.get(), timeout=min(1.0, max(0.01, deadline - time.monotonic())))
             except TimeoutError:
                 msg = None
+            # The worker's inbox records receipts and replies in sms_messages; here we only watch them.
             if msg is not None and msg.receipt_for == message_id:
                 receipt = msg.receipt_status
-                await ctx.conn.execute("UPDATE sms_messages SET status = %s, delivered_at = CASE WHEN %s = 'DELIVRD'"
-                                       " THEN now() END WHERE id = %s", (receipt, receipt, sms_id))
             elif msg is not None and msg.receipt_for is None and msg.source.lstrip("+") == device.msisdn.lstrip("+"):
                 replies.append(msg.text)
-                await ctx.conn.execute("INSERT INTO sms_messages (direction, msisdn, device_id, body, status)"
-                                       " VALUES ('mo', %s, %s, %s, 'received')", (device.msisdn, device.id, msg.text))
                 deadline = min(deadline, time.monotonic() + AFTER_REPLY_WAIT_S)
             fresh = await _fresh_report(ctx, device.id, sent_at)
             if fresh is not None or receipt in FAILED_RECEIPTS:

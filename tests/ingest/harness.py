@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from avl.admin import DeviceSpec, add_account, add_device
-from avl.config import Settings
+from avl.config import ConfigError, Settings
 from avl.embedded import free_port
 from avl.records import Position
 from ingest.protocols import DEFAULT_PORTS
@@ -29,8 +29,16 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_ingest(settings: Settings, database_url: str, mqtt_url: str | None = None) -> AsyncIterator[IngestService]:
-    service = IngestService(settings, database_url, mqtt_url)
-    await service.start()
+    for attempt in range(5):
+        service = IngestService(settings, database_url, mqtt_url)
+        try:
+            await service.start()
+            break
+        except ConfigError:
+            # A "free" port was taken in between by another process: pick new ones.
+            if attempt == 4:
+                raise
+            settings.ports = {name: free_port() for name in DEFAULT_PORTS}
     try:
         yield service
     finally:
