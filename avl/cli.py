@@ -255,6 +255,15 @@ def smsc(ctx: typer.Context) -> None:
     raise typer.Exit(smsc_main(list(ctx.args)))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulate(ctx: typer.Context) -> None:
+    """Run a virtual fleet against a server (--vehicles N --protocols ... --interval S --server HOST [--faults SPEC]
+    [--duration S] [--provision] ...; `python -m simulators.fleet --help` lists every option)."""
+    from simulators.fleet.cli import main as simulate_main
+
+    raise typer.Exit(simulate_main(list(ctx.args)))
+
+
 # Administration ------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.gsm
+import smpplib.smpp
 
 log = logging.getLogger("avl.diagnostics.smpp")
 
@@ -76,8 +77,11 @@ class SmppLink:
         self._stop.set()
         client = self._client
         if client is not None:
+            # Send unbind without waiting for its response here: the reader thread owns the
+            # socket's reads (smpplib's unbind() would block on a read it never gets).
             with contextlib.suppress(Exception):
-                client.unbind()
+                client.send_pdu(smpplib.smpp.make_pdu("unbind", client=client))
+            await asyncio.sleep(0.1)
             with contextlib.suppress(Exception):
                 client.disconnect()
         if self._thread is not None:

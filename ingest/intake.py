@@ -3,6 +3,7 @@ queue for the writer; the reply goes back only once the frame's records are dura
 
 A connection is bound to the first device it identifies as: a later frame carrying
 another device's identity is refused (a terminal cannot write for another terminal).
+UDP is not bound: each datagram identifies itself, and NAT reuses source addresses.
 Reports of unregistered devices are recorded as sightings (unknown devices) and not
 acknowledged, so the terminal keeps them until an installer registers it.
 """
@@ -87,8 +88,13 @@ class Intake:
         oldest = oldest_accepted(self.retention_days)
         batch = Batch()
         unknown: set[str] = set()
+        # UDP datagrams each carry their own identity and a source address is reused by other
+        # devices (carrier NAT), so only connections (TCP, HTTP, MQTT topics) are bound.
+        binds = session.transport != "udp"
         for p in result.positions:
-            if bound is None:
+            if not binds:
+                pass
+            elif bound is None:
                 bound = session.state[BOUND] = p.device
             elif p.device != bound:
                 metrics.REFUSED.labels(protocol.name, "identity").inc()

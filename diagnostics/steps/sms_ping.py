@@ -7,6 +7,7 @@ report. Bounded by ``sms_wait_s``; at most one ping per device per ``sms_ping_pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from datetime import UTC, datetime
@@ -49,6 +50,16 @@ async def _fresh_report(ctx: Context, device_id: int, since: datetime) -> dateti
         (device_id, since))
     row = await cur.fetchone()
     return row[0] if row else None
+
+
+async def _outcome(ctx: Context, sms_id: int, msisdn: str, since: datetime) -> tuple[str | None, list[str]]:
+    """The ping's receipt status (None while only submitted) and the terminal's replies since."""
+    cur = await ctx.conn.execute("SELECT status FROM sms_messages WHERE id = %s", (sms_id,))
+    row = await cur.fetchone()
+    status = row[0] if row and row[0] not in ("sending", "submitted", "queued") else None
+    cur = await ctx.conn.execute("SELECT body FROM sms_messages WHERE direction = 'mo' AND msisdn = %s"
+                                 " AND created_at >= %s ORDER BY id", (msisdn.lstrip("+"), since))
+    return status, [r[0] for r in await cur.fetchall()]
 
 
 async def _recent_ping(ctx: Context, device: Device) -> dict[str, Any] | None:
@@ -125,17 +136,16 @@ async def check(ctx: Context, device: Device) -> tuple[Step, Verdict]:
                                " WHERE id = %s", (message_id, sms_id))
         started = time.monotonic()
         deadline = started + ctx.wait_s
+        replied_at: float | None = None
         while time.monotonic() < deadline:
-            try:
-                msg = await asyncio.wait_for(inbound.get(), timeout=min(1.0, max(0.01, deadline - time.monotonic())))
-            except TimeoutError:
-                msg = None
-            # The worker's inbox records receipts and replies in sms_messages; here we only watch them.
-            if msg is not None and msg.receipt_for == message_id:
-                receipt = msg.receipt_status
-            elif msg is not None and msg.receipt_for is None and msg.source.lstrip("+") == device.msisdn.lstrip("+"):
-                replies.append(msg.text)
-                deadline = min(deadline, time.monotonic() + AFTER_REPLY_WAIT_S)
+            # Receipts and replies are recorded in sms_messages by the inbox of whichever worker's
+            # bind the SMSC delivered them to; our own link's traffic only wakes us up sooner.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(inbound.get(), timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            receipt, replies = await _outcome(ctx, sms_id, device.msisdn, sent_at)
+            if replies and replied_at is None:
+                replied_at = time.monotonic()
+                deadline = min(deadline, replied_at + AFTER_REPLY_WAIT_S)
             fresh = await _fresh_report(ctx, device.id, sent_at)
             if fresh is not None or receipt in FAILED_RECEIPTS:
                 break

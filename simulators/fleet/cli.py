@@ -105,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--provision", action="store_true", help="register the fleet's terminals before running")
     p.add_argument("--database-url", default=os.environ.get("AVL_DATABASE_URL"), help="for --provision")
     p.add_argument("--account", default="Simulated Fleet", help="account for --provision")
+    p.add_argument("--smsc", default=None, help="HOST:PORT of an SMPP SMSC: the fleet's handsets bind to it and answer SMS")
+    p.add_argument("--smsc-account", default="fleet:fleet-secret", help="SYSTEM_ID:PASSWORD of the handset gateway bind")
     p.add_argument("--json", action="store_true", help="final report as JSON")
     return p
 
@@ -158,8 +160,18 @@ async def _run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     control = None
+    gateway = None
     await fleet.start(args.duration)
     try:
+        if args.smsc:
+            from simulators.fleet.sms_gateway import SmsGateway
+
+            host, _, port = args.smsc.rpartition(":")
+            system_id, _, password = args.smsc_account.partition(":")
+            gateway = SmsGateway(fleet.by_msisdn, host or "127.0.0.1", int(port), system_id=system_id,
+                                 password=password)
+            bound = await gateway.start()
+            print(f"avl simulate: SMS gateway {'bound to' if bound else 'connecting to'} {args.smsc}", file=sys.stderr)
         if args.control_port is not None:
             control = ControlServer(fleet, args.control_host, args.control_port)
             await control.start()
@@ -173,6 +185,8 @@ async def _run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
             if args.summary_every:
                 print(fleet.summary_line(), file=sys.stderr, flush=True)
     finally:
+        if gateway is not None:
+            await gateway.close()
         if control is not None:
             await control.close()
         await fleet.stop(args.drain)

@@ -142,6 +142,7 @@ class Fleet:
         self.terminals: dict[str, Terminal] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.started_monotonic = 0.0
+        self.started_wall = 0.0
 
     # Identity ------------------------------------------------------------------------
 
@@ -169,6 +170,10 @@ class Fleet:
                 added += 1
         return added
 
+    def by_msisdn(self) -> dict[str, Any]:
+        """The running terminals by their SIM's number (for the SMS gateway)."""
+        return {t.spec.msisdn: t for t in self.terminals.values()}
+
     # Running -------------------------------------------------------------------------
 
     async def start(self, duration_s: float | None = None) -> None:
@@ -182,6 +187,7 @@ class Fleet:
         else:
             origin = time.time()
         self.clock = SimClock(origin, c.time_scale)
+        self.started_wall = time.time()
         for spec in self.specs:
             bind = c.bind[spec.index % len(c.bind)] if c.bind else None
             self.terminals[spec.identifier] = Terminal(spec, self.clock, self.endpoints, c.behaviour, c.seed, bind)

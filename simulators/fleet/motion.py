@@ -145,7 +145,8 @@ class Motion:
         self._course = self.rng.uniform(0, 360)
         self._t = self.start
         # Vehicles start at different points of their day: some parked, most on a round.
-        if self.rng.random() < 0.2:
+        self.starts_parked = self.rng.random() < 0.2
+        if self.starts_parked:
             self._agenda.append(("park", self.rng.uniform(60, 1800)))
             self._lat, self._lon = self.depot
         else:

@@ -158,6 +158,7 @@ class Terminal:
         self.stats = Stats()
         self.acked_times: array[int] = array("q")
         self.link: Link | None = None
+        self.udp: UdpLink | None = None
         self.connected_once = False
         self.generating = True
         self.stopping = False
@@ -167,6 +168,7 @@ class Terminal:
         self.last_report_t = 0.0
         self.last_ignition: bool | None = None
         self.heartbeat_due = False
+        self.report_requested = False
         self.seq = 0
         self.failures = 0  # consecutive link failures (backoff exponent)
         self.retry_at = 0.0  # loop time before which no connection is attempted
@@ -300,13 +302,28 @@ class Terminal:
             self.last_report_t = t
             # Made while it cannot reach the server: kept in its memory ("buffered", +BUFF for Queclink).
             buffered = self.offline(t) or (self.link is None and self.failures > 0)
-            if buffered:
-                self.stats.buffered += 1
-            if len(self.outbox) >= self.behaviour.outbox_max:
-                self.outbox.popleft()
-                self.stats.dropped += 1
-            self.outbox.append(Report(p, buffered))
-            self.heartbeat_due = False
+            self._append(Report(p, buffered))
+        if self.report_requested and self.generating and "powered_off" not in self.faults:
+            self.report_requested = False
+            t = max(now, self.last_report_t)
+            p = self._position(t)
+            if p.fix_time != self.last_fix_time:
+                self.last_fix_time, self.last_report_t = p.fix_time, t
+                self._append(Report(p, self.offline(t)))
+
+    def _append(self, report: Report) -> None:
+        if report.buffered:
+            self.stats.buffered += 1
+        if len(self.outbox) >= self.behaviour.outbox_max:
+            self.outbox.popleft()
+            self.stats.dropped += 1
+        self.outbox.append(report)
+        self.heartbeat_due = False
+
+    def report_now(self) -> None:
+        """A position request (SMS, command): one report at once, off schedule."""
+        self.report_requested = True
+        self.wake.set()
 
     # Connection ---------------------------------------------------------------------
 
@@ -327,7 +344,11 @@ class Terminal:
                                              f"avl/in/json/{self.identifier}", b.connect_timeout_s,
                                              ep.mqtt_username, ep.mqtt_password, self.bind)
         elif transport == "udp":
-            link = await UdpLink.open(self.codec, ep.host, ep.ports[self.spec.protocol], self.bind)
+            # A UDP terminal keeps its socket (and source port) for life: the server keys UDP sessions
+            # by source address, so a port handed to another terminal would carry the wrong identity.
+            if self.udp is None or self.udp.protocol.lost:
+                self.udp = await UdpLink.open(self.codec, ep.host, ep.ports[self.spec.protocol], self.bind)
+            link = self.udp
         else:
             stream = await StreamLink.open(self.codec, ep.host, ep.ports[self.spec.protocol], b.connect_timeout_s,
                                            self.bind)
@@ -339,10 +360,14 @@ class Terminal:
         self.link = link
         self.connected_once = True
 
-    async def _drop_link(self) -> None:
+    async def _drop_link(self, final: bool = False) -> None:
         if self.link is not None:
             link, self.link = self.link, None
-            await link.close()
+            if link is not self.udp:
+                await link.close()
+        if final and self.udp is not None:
+            await self.udp.close()
+            self.udp = None
 
     def _backoff(self) -> None:
         b = self.behaviour
@@ -476,7 +501,7 @@ class Terminal:
                     continue
                 await self._sleep(self._next_event_loop_time())
         finally:
-            await self._drop_link()
+            await self._drop_link(final=True)
 
     def snapshot(self) -> dict[str, Any]:
         return {**self.spec.manifest(), "faults": {k: v for k, v in self.faults.items()},
