@@ -83,6 +83,11 @@ class Intake:
         if not result.positions:
             return Pending(reply=result.reply)
 
+        # A frame carrying many records (Teltonika batches, Queclink FRI) keeps its raw bytes once,
+        # with its first report, instead of one copy per record.
+        for p in result.positions[1:]:
+            if p.raw is frame:
+                p.raw = b""
         bound = session.state.get(BOUND)
         received_at = datetime.now(UTC)
         oldest = oldest_accepted(self.retention_days)

@@ -104,7 +104,7 @@ def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, 
         power, _ = _bounded(p.power_mv, _INT4, "power_mv", attributes)
         battery, _ = _bounded(p.battery_mv, _INT4, "battery_mv", attributes)
         batch.events.append((device_id, p.fix_time, received_at, kind, _text(p.alarm), p.ignition, power, battery,
-                             attributes_json(attributes), p.raw))
+                             attributes_json(attributes), p.raw or None))
         return "event"
     lat, lon = p.latitude, p.longitude
     assert lat is not None and lon is not None
@@ -120,7 +120,7 @@ def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, 
                   "satellites": p.satellites, "ignition": p.ignition, "alarm": p.alarm, "attributes": attributes}
         batch.quarantine.append((device_id, p.fix_time, received_at, reason,
                                  lat if math.isfinite(lat) else None, lon if math.isfinite(lon) else None,
-                                 attributes_json(record), p.raw))
+                                 attributes_json(record), p.raw or None))
         return f"quarantine:{reason}"
     flags = 0
     if not p.valid:
@@ -140,7 +140,7 @@ def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, 
     batch.positions.append((
         device_id, p.fix_time, received_at, p.valid, lat, lon, _finite(p.speed_kmh), _finite(p.course),
         _finite(p.altitude_m), satellites, _finite(p.hdop), p.ignition, power, battery, odometer, _text(p.alarm),
-        flags, p.protocol, attributes_json(attributes), p.raw,
+        flags, p.protocol, attributes_json(attributes), p.raw or None,
     ))
     return "position"
 

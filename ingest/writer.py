@@ -32,17 +32,21 @@ log = logging.getLogger("avl.ingest.writer")
 POSITION_COLUMNS = ("device_id", "fix_time", "received_at", "valid", "latitude", "longitude", "speed_kmh", "course",
                     "altitude_m", "satellites", "hdop", "ignition", "power_mv", "battery_mv", "odometer_m", "alarm",
                     "flags", "protocol", "attributes", "raw")
+# attributes arrive as JSON text (the pipeline serialises them once) and become jsonb in SQL_INSERT.
 POSITION_TYPES = ("int8", "timestamptz", "timestamptz", "bool", "float8", "float8", "float4", "float4", "float4",
-                  "int2", "float4", "bool", "int4", "int4", "int8", "text", "int4", "text", "jsonb", "bytea")
+                  "int2", "float4", "bool", "int4", "int4", "int8", "text", "int4", "text", "text", "bytea")
 _COLS = ", ".join(POSITION_COLUMNS)
 _LATEST_COLS = [c for c in POSITION_COLUMNS if c not in ("protocol", "raw")]
 _LATEST_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _LATEST_COLS if c != "device_id")
 
-SQL_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS staging_positions AS SELECT {_COLS} FROM positions WITH NO DATA"
-SQL_INSERT = f"INSERT INTO positions ({_COLS}) SELECT {_COLS} FROM staging_positions ON CONFLICT DO NOTHING"
+_STAGED = ", ".join("attributes::text AS attributes" if c == "attributes" else c for c in POSITION_COLUMNS)
+_FROM_STAGE = ", ".join("attributes::jsonb" if c == "attributes" else c for c in POSITION_COLUMNS)
+SQL_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS staging_positions AS SELECT {_STAGED} FROM positions WITH NO DATA"
+SQL_INSERT = f"INSERT INTO positions ({_COLS}) SELECT {_FROM_STAGE} FROM staging_positions ON CONFLICT DO NOTHING"
 SQL_LATEST = (
     f"INSERT INTO latest_positions ({', '.join(_LATEST_COLS)}, last_received_at)"
-    f" SELECT DISTINCT ON (device_id) {', '.join(_LATEST_COLS)}, received_at FROM staging_positions"
+    f" SELECT DISTINCT ON (device_id) {', '.join('attributes::jsonb' if c == 'attributes' else c for c in _LATEST_COLS)},"
+    " received_at FROM staging_positions"
     " ORDER BY device_id, fix_time DESC"
     f" ON CONFLICT (device_id) DO UPDATE SET {_LATEST_SET}"
     " WHERE EXCLUDED.fix_time > latest_positions.fix_time"
@@ -55,11 +59,11 @@ SQL_HEARD = (
 )
 SQL_EVENT = (
     "INSERT INTO device_events (device_id, time, received_at, kind, alarm, ignition, power_mv, battery_mv, attributes, raw)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
 )
 SQL_QUARANTINE = (
     "INSERT INTO positions_quarantine (device_id, fix_time, received_at, reason, latitude, longitude, record, raw)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
 )
 SQL_UNKNOWN = (
     "INSERT INTO unknown_devices AS u (identifier, protocol, source_address, first_seen, last_seen, count, last_raw)"

@@ -32,6 +32,13 @@ async def test_teltonika_batches_over_tcp_are_stored_once_and_acked_with_their_c
     rows = stored(db_url, ids["356307042441013"])
     assert [r[0] for r in rows] == [p.fix_time for p in positions]
     assert rows[0][1] == pytest.approx(10.48, abs=1e-6) and rows[0][4] is True
+    with psycopg.connect(db_url) as conn:
+        # Attributes are JSON objects (queryable), and the frame's raw bytes are kept once, with its first report.
+        assert conn.execute("SELECT DISTINCT jsonb_typeof(attributes) FROM positions").fetchall() == [("object",)]
+        assert conn.execute("SELECT (attributes->>'rssi')::int FROM positions LIMIT 1").fetchone() is not None
+        raws = conn.execute("SELECT raw FROM positions ORDER BY fix_time").fetchall()
+        assert bytes(raws[0][0]) == batch and all(r[0] is None for r in raws[1:])
+        assert conn.execute("SELECT jsonb_typeof(attributes) FROM latest_positions").fetchone() == ("object",)
 
 
 async def test_gt06_login_location_and_latest_position(db_url: str, tmp_path: Path) -> None:
@@ -214,6 +221,7 @@ async def test_impossible_reports_are_quarantined_and_invalid_fixes_flagged(db_u
         quarantined = conn.execute("SELECT reason, fix_time FROM positions_quarantine WHERE device_id = %s",
                                    (ids[imei],)).fetchall()
         assert quarantined == [("future", future.fix_time)]
+        assert conn.execute("SELECT jsonb_typeof(record) FROM positions_quarantine").fetchone() == ("object",)
     rows = stored(db_url, ids[imei])
     assert len(rows) == 1 and rows[0][5] & FLAG_INVALID_FIX
 
