@@ -178,17 +178,24 @@ def diagnostics() -> None:
 
 @app.command()
 def demo() -> None:
-    """The whole system on the embedded default: database, broker, a demo fleet account, the server."""
+    """The whole system on the embedded default: database, broker, SMSC, a demo fleet account
+    whose vehicles are a virtual fleet on the real protocols, and the server."""
+    from pydantic import SecretStr
+
+    from avl import demo as demo_mod
     from avl.db import connect
-    from avl.demo import provision
-    from avl.runtime import prepare
+    from avl.runtime import check_port_free, prepare
 
     settings = _settings()
     components = available_components()
+    if settings.smpp_host is None:  # the demo brings its own SMSC
+        check_port_free("127.0.0.1", settings.smpp_port, "AVL_SMPP_PORT")
+        settings = settings.model_copy(update={"smpp_host": "127.0.0.1", "smpp_system_id": "avl",
+                                               "smpp_password": SecretStr("avl-secret")})
     rt = prepare(settings, broker=True)
     try:
         with connect(rt.database_url) as conn:
-            info = provision(conn)
+            info = demo_mod.provision(conn, rt.database_url, settings, rt.mqtt_url)
         base = f"http://{settings.api_host}:{settings.api_port}"
         lines = [
             "",
@@ -197,14 +204,18 @@ def demo() -> None:
             f"  health:       {base}/health",
             f"  database:     {rt.database_url}",
             f"  MQTT broker:  {rt.mqtt_url}",
-            f"  services:     {', '.join(components)}",
+            f"  SMSC (SMPP):  127.0.0.1:{settings.smpp_port}",
+            f"  services:     {', '.join(components)}, virtual fleet ({demo_mod.VEHICLES} vehicles), SMSC",
             f"  demo account: {info['account']} with {info['devices']} devices",
+            f"  console logins (password {info['password']}): "
+            + ", ".join(f"{role} {email}" for role, email in info["logins"].items()),
             "  tokens (use as 'Authorization: Bearer <token>'):",
         ]
         lines += [f"    {role:<10} {token}" for role, token in info["tokens"].items()]
-        lines += [f"  try: curl -H 'Authorization: Bearer {info['tokens']['client']}' {base}/api/v1/me", ""]
+        lines += [f"  try: curl -H 'Authorization: Bearer {info['tokens']['client']}' {base}/api/v1/vehicles", ""]
         typer.echo("\n".join(lines))
-        asyncio.run(run_services(settings, rt.database_url, rt.mqtt_url, components))
+        asyncio.run(run_services(settings, rt.database_url, rt.mqtt_url, components,
+                                 demo_mod.extras(settings, rt.mqtt_url, settings.smpp_port)))
     finally:
         rt.close()
         typer.echo("demo stopped")

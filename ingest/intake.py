@@ -69,7 +69,7 @@ class Intake:
 
     async def frame(self, protocol: Protocol, session: Session, frame: bytes) -> Pending:
         """Decodes ``frame`` and queues its records. Never raises for bad input."""
-        metrics.FRAMES.labels(protocol.name, session.transport).inc()
+        metrics.frames(protocol.name, session.transport).inc()
         try:
             result = protocol.decode(frame, session)
         except DecodeError as exc:
@@ -93,6 +93,7 @@ class Intake:
         oldest = oldest_accepted(self.retention_days)
         batch = Batch()
         unknown: set[str] = set()
+        counts: dict[str, int] = {}
         # UDP datagrams each carry their own identity and a source address is reused by other
         # devices (carrier NAT), so only connections (TCP, HTTP, MQTT topics) are bound.
         binds = session.transport != "udp"
@@ -113,7 +114,10 @@ class Intake:
                 unknown.add(p.device)
                 continue
             destination = route(p, device_id, received_at, oldest, batch)
-            metrics.POSITIONS.labels(protocol.name, destination.partition(":")[0]).inc()
+            kind = destination.partition(":")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        for destination, count in counts.items():
+            metrics.routed(protocol.name, destination).inc(count)
         if unknown:
             sightings = Batch(unknown=[(ident, protocol.name, session.remote, received_at, received_at, frame)
                                        for ident in sorted(unknown)])

@@ -17,8 +17,11 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 import psycopg
 
@@ -72,6 +75,7 @@ SQL_UNKNOWN = (
     " last_seen = greatest(u.last_seen, EXCLUDED.last_seen), count = u.count + 1, last_raw = EXCLUDED.last_raw"
 )
 NOTIFY_CHANNEL = "avl_positions"
+T = TypeVar("T")
 
 
 class NotDurable(Exception):
@@ -108,7 +112,8 @@ class Writer:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._queued_rows = 0
         self._room = asyncio.Condition()
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avl-writer-db")
         self._partitions: set[date] = set()
         self._next_attempt = 0.0
         self._replay_singly = False
@@ -156,7 +161,8 @@ class Writer:
             await self._queue.put(_Item(Batch(), asyncio.get_running_loop().create_future()))
             await self._task
         if self._conn is not None:
-            await self._conn.close()
+            await self._db(_close_quietly, self._conn)
+        self._executor.shutdown(wait=False)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,6 +310,12 @@ class Writer:
             log.info("writer: replayed %s spooled batches (%s bytes left)", replayed, self.spool.pending_bytes)
 
     # Database -------------------------------------------------------------------
+    # The database work runs on one dedicated thread with a blocking connection: a batch's
+    # COPY, inserts and commit then never wait behind the event loop's decoding callbacks
+    # (libpq releases the GIL while it waits on the network).
+
+    async def _db(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _connect(self, quiet: bool = False) -> bool:
         if self._conn is not None and not self._conn.closed:
@@ -313,9 +325,7 @@ class Writer:
             return False
         self._next_attempt = now + self.retry_s
         try:
-            conn = await psycopg.AsyncConnection.connect(self.database_url, connect_timeout=5)
-            await conn.execute(SQL_STAGE)
-            await conn.commit()
+            conn = await self._db(self._connect_sync)
         except psycopg.Error as exc:
             metrics.DATABASE_UP.set(0)
             if not quiet:
@@ -329,58 +339,74 @@ class Writer:
         log.info("writer: database connection up")
         return True
 
+    def _connect_sync(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.database_url, connect_timeout=5)
+        try:
+            conn.execute(SQL_STAGE)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     async def _lost(self, exc: BaseException) -> None:
         log.warning("writer: database connection lost (%s); spooling until it is back", first_line(exc))
         metrics.DATABASE_UP.set(0)
-        if self._conn is not None:
-            try:
-                await self._conn.close()
-            except Exception:  # the connection is already broken; nothing else to do with it
-                pass
-        self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._db(_close_quietly, conn)
         self._next_attempt = time.monotonic() + self.retry_s
 
-    async def _ensure_partitions(self, batch: Batch) -> None:
+    async def _write(self, batch: Batch) -> None:
+        await self._db(self._write_sync, batch)
+
+    def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
         days = {row[1].astimezone(UTC).date() for row in batch.positions} - self._partitions
         if not days:
             return
-        assert self._conn is not None
         for day in sorted(days):
             try:
-                await self._conn.execute("SELECT avl_ensure_position_partition(%s)", (day,))
+                conn.execute("SELECT avl_ensure_position_partition(%s)", (day,))
             except psycopg.errors.UndefinedFunction:
-                await self._conn.rollback()  # TimescaleDB: the hypertable makes its own chunks
+                conn.rollback()  # TimescaleDB: the hypertable makes its own chunks
             self._partitions.add(day)
-        await self._conn.commit()
+        conn.commit()
 
-    async def _write(self, batch: Batch) -> None:
+    def _write_sync(self, batch: Batch) -> None:
         conn = self._conn
         assert conn is not None
         if batch.positions:
-            await self._ensure_partitions(batch)
-        async with conn.transaction():
-            if batch.positions:
-                async with conn.cursor().copy(f"COPY staging_positions ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(list(POSITION_TYPES))
-                    for row in batch.positions:
-                        await copy.write_row(row)
-                await conn.execute(SQL_INSERT)
-                await conn.execute(SQL_LATEST)
-                await conn.execute(SQL_HEARD)
-                await conn.execute("TRUNCATE staging_positions")
-            async with conn.cursor() as cur:
+            self._ensure_partitions(conn, batch)
+        with conn.transaction():
+            with conn.cursor() as cur:
+                if batch.positions:
+                    with cur.copy(f"COPY staging_positions ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.set_types(list(POSITION_TYPES))
+                        for row in batch.positions:
+                            copy.write_row(row)
+                    cur.execute(SQL_INSERT)
+                    cur.execute(SQL_LATEST)
+                    cur.execute(SQL_HEARD)
+                    cur.execute("TRUNCATE staging_positions")
                 if batch.events:
-                    await cur.executemany(SQL_EVENT, batch.events)
+                    cur.executemany(SQL_EVENT, batch.events)
                 if batch.quarantine:
-                    await cur.executemany(SQL_QUARANTINE, batch.quarantine)
+                    cur.executemany(SQL_QUARANTINE, batch.quarantine)
                 if batch.unknown:
-                    await cur.executemany(SQL_UNKNOWN, batch.unknown)
-            if batch.positions or batch.events:
-                devices = sorted({row[0] for row in batch.positions} | {row[0] for row in batch.events})
-                # Delivered to listeners only when (and if) this transaction commits.
-                for start in range(0, len(devices), 500):
-                    await conn.execute("SELECT pg_notify(%s, %s)",
-                                       (NOTIFY_CHANNEL, json.dumps({"devices": devices[start:start + 500]})))
+                    cur.executemany(SQL_UNKNOWN, batch.unknown)
+                if batch.positions or batch.events:
+                    devices = sorted({row[0] for row in batch.positions} | {row[0] for row in batch.events})
+                    # Delivered to listeners only when (and if) this transaction commits.
+                    for start in range(0, len(devices), 500):
+                        cur.execute("SELECT pg_notify(%s, %s)",
+                                    (NOTIFY_CHANNEL, json.dumps({"devices": devices[start:start + 500]})))
+
+
+def _close_quietly(conn: psycopg.Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # the connection is already broken; nothing else to do with it
+        pass
 
 
 def oldest_accepted(retention_days: int) -> datetime:
