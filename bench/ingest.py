@@ -18,10 +18,12 @@ See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -45,7 +47,9 @@ from avl.db.migrate import migrate
 from avl.embedded import LocalBroker, LocalPostgres, free_port, wait_for_port
 from bench import procstat
 from bench.loadgen import GT06, PROTOCOLS, TELTONIKA, SimDevice, worker_main
-from ingest.writer import POSITION_COLUMNS, POSITION_TYPES
+from ingest.pipeline import Batch
+from ingest.spool import Spool
+from ingest.writer import POSITION_COLUMNS, POSITION_TYPES, Writer
 
 ACCOUNT = "Bench Fleet"
 TARGET_POSITIONS_S = 50_000
@@ -74,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain", type=float, default=15.0, help="seconds to wait for the last ACKs after the window")
     p.add_argument("--server-env", action="append", default=[], metavar="AVL_KEY=VALUE",
                    help="extra environment for `avl ingest` (repeatable), e.g. AVL_BATCH_MAX_ROWS=10000")
+    p.add_argument("--server-command", help="command that runs the ingest service, instead of `avl ingest` "
+                   "(e.g. a wrapper trying a change); it gets the same AVL_* environment")
     p.add_argument("--profile", type=Path, help="py-spy record the ingest process during the window into this file "
                    "(.svg flame graph, .json speedscope, else collapsed stacks); needs py-spy")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -126,7 +132,7 @@ def avl_command() -> list[str]:
 
 
 def start_ingest(tmp: Path, url: str, mqtt_url: str, ports: dict[str, int], metrics_port: int,
-                 connections: int, extra: list[str]) -> subprocess.Popen[bytes]:
+                 connections: int, extra: list[str], command: str | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVL_")}
     env.update({
         "AVL_DATABASE_URL": url,
@@ -144,7 +150,8 @@ def start_ingest(tmp: Path, url: str, mqtt_url: str, ports: dict[str, int], metr
         key, _, value = item.partition("=")
         env[key] = value
     log_file = open(tmp / "ingest.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([*avl_command(), "ingest"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    cmd = shlex.split(command) if command else [*avl_command(), "ingest"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log_file.close()
     for name, port in ports.items():
@@ -202,6 +209,7 @@ class Snapshot:
         self.ingest = procstat.cpu_seconds(ingest_pid)
         self.postgres = procstat.tree_cpu_seconds(postmaster_pid)
         self.workers = sum(procstat.cpu_seconds(pid) for pid in worker_pids)
+        self.bench = procstat.cpu_seconds(os.getpid())
         self.machine = procstat.machine_cpu()
         self.metrics = scrape(metrics_port)
 
@@ -209,13 +217,18 @@ class Snapshot:
 def cpu_share(a: Snapshot, b: Snapshot) -> dict[str, float]:
     wall = b.at - a.at
     total = (b.machine.busy + b.machine.idle + b.machine.iowait) - (a.machine.busy + a.machine.idle + a.machine.iowait)
+    cpus = os.cpu_count() or 1
+    busy_pct = 100 * (b.machine.busy - a.machine.busy) / total if total else 0.0
+    ours = (b.ingest - a.ingest) + (b.postgres - a.postgres) + (b.workers - a.workers) + (b.bench - a.bench)
     return {
         "ingest_core_pct": 100 * (b.ingest - a.ingest) / wall,
         "postgres_core_pct": 100 * (b.postgres - a.postgres) / wall,
         "loadgen_core_pct": 100 * (b.workers - a.workers) / wall,
-        "machine_busy_pct": 100 * (b.machine.busy - a.machine.busy) / total if total else 0.0,
+        "machine_busy_pct": busy_pct,
         "machine_iowait_pct": 100 * (b.machine.iowait - a.machine.iowait) / total if total else 0.0,
-        "cpus": os.cpu_count() or 0,
+        # everything else on the machine (other jobs, the kernel's share of loopback TCP, the broker)
+        "other_core_pct": max(0.0, busy_pct * cpus - 100 * ours / wall),
+        "cpus": cpus,
     }
 
 
@@ -356,11 +369,14 @@ def run_load(args: argparse.Namespace, devices: list[SimDevice], ports: dict[str
         merged["latency"] = latency_ms(lat)
         per_protocol[protocol] = dict(merged)
     window_positions = sum(p["window_positions"] for p in per_protocol.values())
+    in_flight = sum(p["connections"] * (args.batch if name == TELTONIKA else args.window)
+                    for name, p in per_protocol.items())
     seconds = [per_second.get(s, 0) for s in range(int(args.duration))]
     hwm = max(mem_before.get("VmHWM", 0), mem_after.get("VmHWM", 0))
     return {
         "connections": sum(p["connections"] for p in per_protocol.values()),
         "positions_per_s": window_positions / args.duration,
+        "max_in_flight": in_flight,
         "window_positions": window_positions,
         "positions_acked": sum(p["positions_acked"] for p in per_protocol.values()),
         "unacked_frames": sum(p["unacked_frames"] for p in per_protocol.values()),
@@ -403,12 +419,22 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
 
 
 def fetch_rows(url: str, limit: int) -> list[tuple[Any, ...]]:
-    """The stored positions as rows for COPY: ``attributes`` is loaded as the Python value that
-    the writer's binary COPY (jsonb) dumps back to the very same jsonb."""
-    with psycopg.connect(url) as conn, conn.cursor(name="bench_rows") as cur:
-        cur.itersize = 20_000
+    """The stored positions as the writer's rows: ``attributes`` as JSON text, as the pipeline
+    serialises it."""
+    raw = POSITION_COLUMNS.index("raw")
+    attributes = POSITION_COLUMNS.index("attributes")
+    shared: dict[bytes, bytes] = {}  # one object per distinct frame: a frame's records share it
+    rows = []
+    with psycopg.connect(url) as conn, conn.cursor(name="bench_rows", binary=True) as cur:
         cur.execute(f"SELECT {_COLS} FROM positions LIMIT %s", (limit,))
-        return cur.fetchall()
+        while chunk := cur.fetchmany(20_000):
+            for row in chunk:
+                value = row[raw]
+                if value is not None:
+                    row = (*row[:raw], shared.setdefault(value, value), *row[raw + 1:])
+                row = (*row[:attributes], json.dumps(row[attributes]), *row[attributes + 1:])
+                rows.append(row)
+    return rows
 
 
 def fresh_table(conn: psycopg.Connection, name: str) -> None:
@@ -421,12 +447,16 @@ def fresh_table(conn: psycopg.Connection, name: str) -> None:
 
 
 def bare_copy(url: str, rows: list[tuple[Any, ...]]) -> dict[str, float]:
+    attributes = POSITION_COLUMNS.index("attributes")
+    types = list(POSITION_TYPES)
+    types[attributes] = "jsonb"
+    prebuilt = [(*row[:attributes], Jsonb(json.loads(row[attributes])), *row[attributes + 1:]) for row in rows]
     with psycopg.connect(url) as conn:
         fresh_table(conn, "bench_copy")
         started = time.perf_counter()
         with conn.cursor() as cur, cur.copy(f"COPY bench_copy ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(list(POSITION_TYPES))
-            for row in rows:
+            copy.set_types(types)
+            for row in prebuilt:
                 copy.write_row(row)
         conn.commit()
         elapsed = time.perf_counter() - started
@@ -434,12 +464,41 @@ def bare_copy(url: str, rows: list[tuple[Any, ...]]) -> dict[str, float]:
     return {"rows": stored, "seconds": elapsed, "rows_per_s": stored / elapsed if elapsed else 0.0}
 
 
+def writer_alone(url: str, rows: list[tuple[Any, ...]], spool_dir: Path, frame_rows: int) -> dict[str, float]:
+    """The service's own Writer (same batching, SQL and commit) fed prebuilt rows as fast as it
+    takes them, in frame-sized submissions: the database side of the end-to-end path without
+    sockets, decoding or the pipeline. ``positions`` and ``latest_positions`` are emptied first."""
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE positions, latest_positions")
+        conn.commit()
+        conn.execute("CHECKPOINT")
+        conn.commit()
+
+    async def feed() -> tuple[float, int]:
+        writer = Writer(url, Spool(spool_dir))
+        await writer.start()
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(writer.submit(Batch(positions=rows[i:i + frame_rows]))
+                                   for i in range(0, len(rows), frame_rows)))
+            return time.perf_counter() - started, writer.stats.batches
+        finally:
+            await writer.close()
+            writer.spool.close()
+
+    elapsed, batches = asyncio.run(feed())
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT count(*) FROM positions").fetchone()[0]  # type: ignore[index]
+    return {"rows": stored, "seconds": elapsed, "rows_per_s": stored / elapsed if elapsed else 0.0,
+            "batches": batches}
+
+
 def naive_inserts(url: str, rows: list[tuple[Any, ...]]) -> dict[str, float]:
     sql = f"INSERT INTO bench_naive ({_COLS}) VALUES ({', '.join(['%s'] * len(POSITION_COLUMNS))})"
     with psycopg.connect(url) as conn:
         fresh_table(conn, "bench_naive")
         attributes = POSITION_COLUMNS.index("attributes")
-        prebuilt = [(*row[:attributes], Jsonb(row[attributes]), *row[attributes + 1:]) for row in rows]
+        prebuilt = [(*row[:attributes], Jsonb(json.loads(row[attributes])), *row[attributes + 1:]) for row in rows]
         conn.autocommit = True  # one transaction, so one WAL flush, per position
         started = time.perf_counter()
         with conn.cursor() as cur:
@@ -477,7 +536,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mqtt_url = broker.start()
         ports = {p: free_port() for p in args.protocols}
         metrics_port = free_port()
-        ingest = start_ingest(tmp, url, mqtt_url, ports, metrics_port, args.connections, args.server_env)
+        ingest = start_ingest(tmp, url, mqtt_url, ports, metrics_port, args.connections, args.server_env,
+                              args.server_command)
         log(f"`avl ingest` running (pid {ingest.pid}) on {', '.join(f'{k} :{v}' for k, v in ports.items())}")
         postmaster_pid = int((pg.pgdata / "postmaster.pid").read_text().splitlines()[0])
         # Fix times: one per second from three days ago (older than any device in this run reaches now).
@@ -496,6 +556,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = fetch_rows(url, min(stored, args.copy_rows_max))
         log(f"bare COPY of {len(rows)} prebuilt rows")
         copy = bare_copy(url, rows)
+        log(f"writer alone: the service's Writer fed the same {len(rows)} rows")
+        alone = writer_alone(url, rows, tmp / "writer-spool", args.batch)
         naive_count = min(args.naive_rows, len(rows))
         log(f"naive path: {naive_count} INSERTs, each committed")
         naive = naive_inserts(url, rows[:naive_count])
@@ -516,10 +578,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": {"connections": args.connections, "protocols": args.protocols, "batch": args.batch,
                    "gt06_window": args.window, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "workers": args.workers, "server_env": args.server_env},
+                   "workers": args.workers, "server_env": args.server_env, "server_command": args.server_command},
         "machine": {"cpus": os.cpu_count(), "postgres": server},
         "end_to_end": load,
         "bare_copy": copy,
+        "writer_alone": alone,
         "naive": naive,
         "ratios": {"end_to_end_over_bare_copy": e2e / copy["rows_per_s"] if copy["rows_per_s"] else 0.0,
                    "end_to_end_over_naive": e2e / naive["rows_per_s"] if naive["rows_per_s"] else 0.0},
@@ -543,7 +606,8 @@ def summary(r: dict[str, Any]) -> str:
         f"AVL ingest benchmark: {e['connections']} connections ("
         + ", ".join(f"{p['connections']} {name}" for name, p in e["protocols"].items())
         + f"; Teltonika {c['batch']} records/frame, GT06 window {c['gt06_window']} frames), "
-        f"{c['duration_s']:g} s measured after {c['warmup_s']:g} s warm-up, {c['workers']} load-generator process(es)",
+        f"{c['duration_s']:g} s measured after {c['warmup_s']:g} s warm-up, {c['workers']} load-generator process(es);"
+        f" at most {e['max_in_flight']:,} positions in flight (sent, not yet ACKed)",
         f"machine: {r['machine']['cpus']} CPUs; PostgreSQL {pg['server_version']} (fsync={pg['fsync']}, "
         f"synchronous_commit={pg['synchronous_commit']}, full_page_writes={pg['full_page_writes']}, "
         f"shared_buffers={pg['shared_buffers']})",
@@ -567,6 +631,8 @@ def summary(r: dict[str, Any]) -> str:
          + f"; whole run; unacked frames {e['unacked_frames']}, quarantined {e['positions_quarantined']}"),
         ("bare binary COPY rows/s (ceiling)", _n(copy["rows_per_s"]),
          f"{copy['rows']:,} prebuilt rows, one COPY + commit, {copy['seconds']:.2f} s"),
+        ("writer alone rows/s", _n(r["writer_alone"]["rows_per_s"]),
+         f"the service's Writer fed the same rows (no sockets, no decoding), {r['writer_alone']['batches']:,} batches"),
         ("naive INSERT+commit rows/s", _n(naive["rows_per_s"]),
          f"{naive['rows']:,} rows, one transaction each, {naive['seconds']:.2f} s"),
         ("end-to-end / bare COPY", f"{r['ratios']['end_to_end_over_bare_copy']:.2f}", "aim: 0.50"),
@@ -579,8 +645,8 @@ def summary(r: dict[str, Any]) -> str:
     cpu = e["cpu"]
     rows.append(("CPU in the window, % of one core", f"ingest {cpu['ingest_core_pct']:.0f}",
                  f"postgres {cpu['postgres_core_pct']:.0f}, load generator {cpu['loadgen_core_pct']:.0f};"
-                 f" machine {cpu['machine_busy_pct']:.0f}% busy of {cpu['cpus']} CPUs,"
-                 f" iowait {cpu['machine_iowait_pct']:.0f}%"))
+                 f" anything else {cpu['other_core_pct']:.0f}; machine {cpu['machine_busy_pct']:.0f}% busy"
+                 f" of {cpu['cpus']} CPUs, iowait {cpu['machine_iowait_pct']:.0f}%"))
     w = e["writer"]
     if w["batches"]:
         rows.append(("writer batches in the window", f"{w['batches']:,.0f}",
@@ -593,6 +659,9 @@ def summary(r: dict[str, Any]) -> str:
         lines += ["", "errors (first ones):", *(f"  {x}" for x in e["errors"][:10])]
     if e["cpu"]["loadgen_core_pct"] > 85:
         lines.append("note: the load generator used most of a core; try --workers 2")
+    if e["cpu"]["other_core_pct"] > 25:
+        lines.append(f"note: other work used {e['cpu']['other_core_pct']:.0f}% of a core during the window;"
+                     " the figures are lower than on an idle machine")
     lines.append("")
     return "\n".join(lines)
 

@@ -1,0 +1,41 @@
+"""bench.ingest runs end to end with tiny settings and reports consistent, positive figures.
+
+Speed is measured by the benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.ingest import main
+
+
+def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    results = main(["--connections", "4", "--duration", "2", "--warmup", "0.5", "--naive-rows", "100",
+                    "--json", str(out)])
+
+    e2e = results["end_to_end"]
+    assert e2e["connections"] == 4
+    assert e2e["positions_acked"] > 0
+    assert e2e["positions_stored"] == e2e["positions_acked"], "every ACKed position is stored, and only those"
+    assert e2e["unacked_frames"] == 0 and e2e["errors"] == []
+    assert e2e["positions_per_s"] > 0
+    for protocol in ("teltonika", "gt06"):
+        figures = e2e["protocols"][protocol]
+        assert figures["connections"] == 2
+        assert figures["window_positions"] > 0
+        assert 0 < figures["latency"]["p50_ms"] <= figures["latency"]["p99_ms"]
+    assert 0 < e2e["latency"]["p50_ms"] <= e2e["latency"]["p99_ms"]
+    assert e2e["ingest_memory_mib"]["hwm"] > 0 and e2e["ingest_memory_mib"]["rss_after_drain"] > 0
+    assert e2e["ingest_exit_code"] == 0
+
+    assert results["bare_copy"]["rows"] == e2e["positions_stored"]
+    assert results["bare_copy"]["rows_per_s"] > 0
+    assert results["naive"]["rows"] == 100
+    assert results["naive"]["rows_per_s"] > 0
+    assert results["ratios"]["end_to_end_over_bare_copy"] > 0
+    assert results["ratios"]["end_to_end_over_naive"] > 0
+    assert results["machine"]["postgres"]["fsync"] == "on"
+    assert results["ok"] is True
+    assert json.loads(out.read_text())["end_to_end"]["positions_stored"] == e2e["positions_stored"]
