@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     queue_max_rows: int = Field(
         50000, ge=1, description="Reports waiting for the writer before listeners stop reading sockets."
     )
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus metrics endpoint listens on.")
     metrics_port: int = Field(
-        9108, ge=0, le=65535, description="Port of the ingest service's Prometheus metrics (on `api_host`); 0 turns it off."
+        9108, ge=0, le=65535, description="Port of this process's Prometheus metrics (ingest and diagnostics); 0: off."
     )
     mqtt_client_id: str | None = Field(
         None, description="MQTT client id of this ingest process (persistent session); unset: `avl-ingest-<hostname>`. "

@@ -11,7 +11,7 @@ import logging
 
 from psycopg.types.json import Jsonb
 
-from diagnostics import tickets
+from diagnostics import metrics, tickets
 from diagnostics.context import Context, Device, DiagnoseError, load_device
 from diagnostics.model import ACCOUNT_VERDICTS, EXPLANATION, TERMINAL_FAULTS, Report, Step, Verdict
 from diagnostics.smpp import SmppError
@@ -64,6 +64,8 @@ async def run(ctx: Context, ref: str | int, *, requested_by: str = "sweep", run_
         await _save(ctx, report, "failed")
         raise
     await _save(ctx, report, "done")
+    if report.verdict is not None:
+        metrics.VERDICTS.labels(report.verdict.value).inc()
     log.info("checklist %s for %s: %s%s", run_id, device.identifier, report.verdict,
              f" -> ticket {report.ticket['number']}" if report.ticket else "")
     return report

@@ -15,6 +15,7 @@ import logging
 
 from psycopg_pool import AsyncConnectionPool
 
+from diagnostics import metrics
 from diagnostics.context import RateLimiter
 from diagnostics.smpp import Inbound, SmppError, SmppLink
 
@@ -47,10 +48,11 @@ async def send_queued(pool: AsyncConnectionPool, smpp: SmppLink, limiter: RateLi
     async with pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE sms_messages SET status = 'sending' WHERE id IN (SELECT id FROM sms_messages WHERE status = 'queued'"
-            " AND direction = 'mt' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, msisdn, body", (batch,))
+            " AND direction = 'mt' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, msisdn, body, purpose",
+            (batch,))
         claimed = await cur.fetchall()
         sent = 0
-        for sms_id, msisdn, body in claimed:
+        for sms_id, msisdn, body, purpose in claimed:
             if not await limiter.acquire(30.0):
                 await conn.execute("UPDATE sms_messages SET status = 'queued' WHERE id = %s", (sms_id,))
                 continue
@@ -63,4 +65,5 @@ async def send_queued(pool: AsyncConnectionPool, smpp: SmppLink, limiter: RateLi
             await conn.execute("UPDATE sms_messages SET status = 'submitted', submitted_at = now(), smpp_message_id = %s"
                                " WHERE id = %s", (message_id, sms_id))
             sent += 1
+            metrics.SMS_SENT.labels(purpose).inc()
         return sent

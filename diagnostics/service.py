@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from avl.config import Settings
 from avl.db import first_line
-from diagnostics import checklist, outbox, tickets
+from avl.observability import serve_metrics
+from diagnostics import checklist, metrics, outbox, tickets
 from diagnostics.context import Context, DiagnoseError, RateLimiter
 from diagnostics.smpp import SmppLink
 from diagnostics.sweep import sweep
@@ -82,6 +86,8 @@ class Worker:
                                  storm_min=s.storm_min_devices)
             log.info("sweep: %s devices, %s active, %s silent (%s newly) in %.3f s", result.devices, result.active,
                      len(result.silent), result.newly_silent, result.seconds)
+            metrics.SWEEP_SECONDS.observe(result.seconds)
+            metrics.SILENT_DEVICES.set(len(result.silent))
             if result.storm:
                 summary = (f"{result.newly_silent} of {result.active} active devices went silent together"
                            f" ({result.newly_silent / result.active:.0%}): platform or network incident")
@@ -124,13 +130,14 @@ class Worker:
     async def run(self) -> None:
         lock_conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         try:
-            next_sweep = 0.0
+            next_sweep = next_beat = 0.0
             loop = asyncio.get_running_loop()
             while True:
                 if not self.sweeping:
                     cur = await lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEPER_LOCK,))
                     row = await cur.fetchone()
                     self.sweeping = bool(row and row[0])
+                    metrics.SWEEPER.set(1 if self.sweeping else 0)
                     if self.sweeping:
                         log.info("this worker is the fleet sweeper")
                 if self.sweeping and loop.time() >= next_sweep:
@@ -145,12 +152,28 @@ class Worker:
                         await outbox.send_queued(self.pool, self.smpp, self.limiter)
                 except psycopg.Error as exc:
                     log.warning("queued checks or SMS not read: %s", first_line(exc))
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + 5.0
+                    await self._heartbeat(lock_conn)
                 await asyncio.sleep(1.0)
         finally:
             await lock_conn.close()
 
+    async def _heartbeat(self, conn: psycopg.AsyncConnection) -> None:
+        """Tells the platform view this worker is alive, whether it sweeps, and its SMSC bind."""
+        details = {"sweeper": self.sweeping, "checks_running": len(self.in_progress),
+                   "smsc": None if self.smpp is None else ("bound" if self.smpp.bound else "down")}
+        try:
+            await conn.execute(
+                "INSERT INTO platform_status (component, instance, details) VALUES ('diagnostics', %s, %s)"
+                " ON CONFLICT (component, instance) DO UPDATE SET updated_at = now(), details = EXCLUDED.details",
+                (f"{socket.gethostname()}:{os.getpid()}", Jsonb(details)))
+        except psycopg.Error as exc:
+            log.debug("heartbeat not written: %s", first_line(exc))
+
 
 async def run(settings: Settings, database_url: str, mqtt_url: str | None = None) -> None:
+    serve_metrics(settings)
     worker = Worker(settings, database_url, mqtt_url)
     await worker.start()
     try:

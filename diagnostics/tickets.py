@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 from psycopg.rows import dict_row
 
+from diagnostics import metrics
 from diagnostics.context import Device
 from diagnostics.model import EXPLANATION, Verdict
 
@@ -98,6 +99,7 @@ async def for_verdict(conn: psycopg.AsyncConnection, device: Device, verdict: Ve
              now + SLA[kind]))
         ticket = await cur.fetchone()
         assert ticket is not None
+        metrics.TICKETS_OPENED.labels(category).inc()
         where = "; ".join(f"{c['name']}" + (f" ({c['distance_km']} km)" if c["distance_km"] is not None else "")
                           for c in centers) or "no certified installation center registered"
         action = ("replace the terminal (dead on arrival: failed within 15 days of installation)" if doa
@@ -127,6 +129,7 @@ async def platform_incident(conn: psycopg.AsyncConnection, summary: str) -> dict
                 (await _number(conn), "Platform incident: " + summary[:200], datetime.now(UTC) + SLA["platform"]))
             ticket = await cur.fetchone()
             assert ticket is not None
+            metrics.TICKETS_OPENED.labels("platform_incident").inc()
             reused = False
         else:
             reused = True

@@ -201,9 +201,28 @@ class DeviceDirectory:
         return int(rows[0][2])
 
     async def refresh_forever(self, every_s: float = 30.0) -> None:
+        """Keeps the directory current: a registration is picked up at once (NOTIFY avl_devices),
+        and a full incremental refresh runs every ``every_s`` in case a notice was missed."""
         while True:
-            await asyncio.sleep(every_s)
             try:
-                await self.load()
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
+                                                                 connect_timeout=5) as conn:
+                    await conn.execute("LISTEN avl_devices")
+                    await self.load()
+                    while True:
+                        async for notice in conn.notifies(timeout=every_s):
+                            self._registered(notice.payload)
+                        await self.load()
             except psycopg.Error as exc:
                 log.debug("device directory refresh failed: %s", exc)
+                await asyncio.sleep(min(every_s, 5.0))
+
+    def _registered(self, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            key = (str(data["identifier"]), str(data["protocol"]))
+            self._ids[key] = int(data["id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self._misses.pop(key, None)
+        self._max_id = max(self._max_id, int(data["id"]))

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from avl.config import ConfigError, Settings
 from avl.db import connect, first_line, policies
+from avl.observability import serve_metrics
 from ingest.intake import Intake
 from ingest.pipeline import DeviceDirectory
 from ingest.protocols import get
@@ -134,13 +135,7 @@ class IngestService:
 
 async def run(settings: Settings, database_url: str, mqtt_url: str | None) -> None:
     """Runs until cancelled; then stops listening, drains the writer, and returns."""
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(settings.metrics_port, addr=settings.api_host)
-        except OSError as exc:
-            raise ConfigError(f"AVL_METRICS_PORT: cannot listen on {settings.metrics_port} ({exc.strerror})") from None
+    serve_metrics(settings)
     service = IngestService(settings, database_url, mqtt_url)
     await service.start()
     try:

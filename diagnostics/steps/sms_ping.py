@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from diagnostics import metrics
 from diagnostics.context import Context, Device
 from diagnostics.model import Step, Verdict
 from diagnostics.smpp import Inbound, SmppError
@@ -132,6 +133,7 @@ async def check(ctx: Context, device: Device) -> tuple[Step, Verdict]:
             await ctx.conn.execute("UPDATE sms_messages SET status = 'failed', error = %s WHERE id = %s", (str(exc), sms_id))
             evidence["error"] = str(exc)
             return step.done("fail", f"SMS not accepted by the SMSC: {exc}", **evidence), Verdict.UNREACHABLE
+        metrics.SMS_SENT.labels("ping").inc()
         await ctx.conn.execute("UPDATE sms_messages SET status = 'submitted', submitted_at = now(), smpp_message_id = %s"
                                " WHERE id = %s", (message_id, sms_id))
         started = time.monotonic()

@@ -165,7 +165,7 @@ def _sweeps(proc: AvlProcess) -> int:
 async def test_two_diagnostics_workers_one_sweeps_and_the_other_takes_over(db_url: str, tmp_path: Path) -> None:
     procs = [AvlProcess(f"diagnostics-{i}", "diagnostics", AvlProcess.environment(
         AVL_DATABASE_URL=db_url, AVL_DATA_DIR=str(tmp_path / f"diag-{i}"), AVL_SWEEP_INTERVAL_S="1",
-        AVL_LOG_LEVEL="INFO"), tmp_path / f"diagnostics-{i}.log") for i in range(2)]
+        AVL_LOG_LEVEL="INFO", AVL_METRICS_PORT=str(free_port())), tmp_path / f"diagnostics-{i}.log") for i in range(2)]
     try:
         procs[0].start()
         await asyncio.to_thread(procs[0].wait_for_log, "this worker is the fleet sweeper", 40)

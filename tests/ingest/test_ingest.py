@@ -254,3 +254,28 @@ async def test_a_stalled_database_stops_intake_instead_of_growing_memory(db_url:
     await writer.close()
     writer.spool.close()
     assert len(stored(db_url, ids["356307042441013"])) == len(futures)
+
+
+async def test_a_terminal_registered_while_ingest_runs_is_acknowledged_at_once(db_url: str, tmp_path: Path) -> None:
+    imei = "868120207777777"
+    report = track(imei, 1)[0]
+    async with running_ingest(settings_for(tmp_path), db_url) as svc:
+        port = svc.tcp["gt06"].port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(gt06.encode_login(imei))
+        await asyncio.wait_for(reader.readexactly(10), 10)
+        writer.write(gt06.encode_position(report, 2))
+        await writer.drain()
+        with pytest.raises(TimeoutError):  # unknown: not acknowledged, the terminal keeps it
+            await asyncio.wait_for(reader.readexactly(10), 1.0)
+        ids = register(db_url, [(imei, "gt06")])  # an installer registers it
+        for _ in range(50):  # the terminal resends until acknowledged
+            writer.write(gt06.encode_position(report, 3))
+            try:
+                ack = await asyncio.wait_for(reader.readexactly(10), 0.2)
+                break
+            except TimeoutError:
+                continue
+        writer.close()
+    assert ack[3] == 0x22
+    assert len(stored(db_url, ids[imei])) == 1
