@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     max_connections_per_source: int = Field(
         256, ge=1, description="Device connections allowed from one source address at once."
     )
+    proxy_protocol: bool = Field(
+        False, description="Device TCP/HTTP connections start with a PROXY protocol v1/v2 header (behind HAProxy "
+        "`send-proxy-v2`), giving each device's own address."
+    )
     batch_max_rows: int = Field(5000, ge=1, description="Largest batch the writer commits at once.")
     batch_max_ms: float = Field(20.0, gt=0, description="Longest a report waits for its batch to fill.")
     queue_max_rows: int = Field(

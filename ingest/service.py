@@ -61,7 +61,8 @@ class IngestService:
                 if stream:
                     listener = TcpListener(protocol, self.intake, s.ingest_host, port, transport=stream,
                                            idle_timeout_s=s.idle_timeout_s, max_frame=s.max_frame_bytes,
-                                           max_per_source=s.max_connections_per_source)
+                                           max_per_source=s.max_connections_per_source,
+                                           proxy_protocol=s.proxy_protocol)
                     await listener.start()
                     self.tcp[name] = listener
                 if s.udp and "udp" in protocol.transports:

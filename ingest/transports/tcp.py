@@ -17,6 +17,7 @@ from collections import Counter
 from ingest import metrics
 from ingest.intake import Intake
 from ingest.protocols import FrameError, Protocol, Session
+from ingest.transports.proxy import parse_proxy_header
 
 log = logging.getLogger("avl.ingest.tcp")
 
@@ -32,7 +33,7 @@ _HTTP_REFUSED = {
 class TcpListener:
     def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, transport: str = "tcp",
                  idle_timeout_s: float = 600.0, max_frame: int = 65536, max_per_source: int = 256,
-                 write_timeout_s: float = 30.0) -> None:
+                 write_timeout_s: float = 30.0, proxy_protocol: bool = False) -> None:
         self.protocol = protocol
         self.intake = intake
         self.host = host
@@ -42,6 +43,7 @@ class TcpListener:
         self.max_frame = max_frame
         self.max_per_source = max_per_source
         self.write_timeout_s = write_timeout_s
+        self.proxy_protocol = proxy_protocol
         self.per_source: Counter[str] = Counter()
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -65,11 +67,23 @@ class TcpListener:
         assert task is not None
         self._connections.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
-        source = str(peer[0])
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        first = b""
+        if self.proxy_protocol:
+            try:
+                proxied, first = await self._proxy_header(reader)
+            except (FrameError, TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
+                metrics.REFUSED.labels(self.protocol.name, "proxy_header").inc()
+                log.info("%s %s:%s: %s; closing", self.protocol.name, peer[0], peer[1], exc)
+                self._connections.discard(task)
+                writer.close()
+                return
+            if proxied is not None:
+                peer = proxied
+        source = str(peer[0])
         if self.per_source[source] >= self.max_per_source:
             metrics.REFUSED.labels(self.protocol.name, "per_source_limit").inc()
             log.warning("%s: refusing connection from %s: %s connections already open", self.protocol.name, source,
@@ -82,7 +96,7 @@ class TcpListener:
         gauge.inc()
         session = Session(transport=self.transport, remote=f"{peer[0]}:{peer[1]}")
         try:
-            await self._serve(reader, writer, session)
+            await self._serve(reader, writer, session, first)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except TimeoutError:
@@ -99,11 +113,30 @@ class TcpListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
+    async def _proxy_header(self, reader: asyncio.StreamReader) -> tuple[tuple[str, int] | None, bytes]:
+        """Reads the load balancer's PROXY header; returns the device's address and the bytes after it."""
+        data = b""
+        async with asyncio.timeout(5):
+            while True:
+                chunk = await reader.read(512)
+                if not chunk:
+                    raise ConnectionError("closed before the PROXY header")
+                data += chunk
+                parsed = parse_proxy_header(data)
+                if parsed is not None:
+                    address, consumed = parsed
+                    return address, data[consumed:]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session,
+                     first: bytes = b"") -> None:
         buffer = b""
         http = self.transport == "http"
+        pending_first = first
         while True:
-            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout_s)
+            if pending_first:
+                chunk, pending_first = pending_first, b""
+            else:
+                chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout_s)
             if not chunk:
                 return
             buffer += chunk
