@@ -10,7 +10,7 @@ One run, on a throwaway PostgreSQL cluster:
    (after ``--warmup`` calls) and reports p50 / p95 / p99 / max latency and the body size.
 
 The targets (2-core machine): the fleet's latest positions p95 < 50 ms, one vehicle's
-24-hour history p95 < 100 ms. They are reported, never asserted. See bench/api_README.md.
+24-hour history p95 < 100 ms. They are reported, never asserted. See bench/README.md.
 """
 
 from __future__ import annotations
