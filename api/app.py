@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import avl
-from api import auth
+from api import auth, console
 from api.deps import CurrentUser, pool
 from avl.db import first_line
 
@@ -113,4 +113,5 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
                 raise
             continue
         app.include_router(routes.router)
+    console.mount(app)
     return app

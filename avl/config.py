@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # API -------------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the HTTP API and web console listen on.")
     api_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API and web console.")
+    console_tile_url: str | None = Field(
+        None, description="Raster tile URL for the web console's map (`https://tiles.example/{z}/{x}/{y}.png`); "
+        "unset: the light vector basemap shipped with the app (no public tile server)."
+    )
     # Ingest ----------------------------------------------------------------------------
     ingest_host: str = Field("0.0.0.0", description="Address the device listeners (TCP/UDP/HTTP) bind to.")
     protocols: Annotated[list[str], NoDecode] = Field(

@@ -49,7 +49,8 @@ async def nearest_centers(conn: psycopg.AsyncConnection, lat: float | None, lon:
     return [{**centers[i], "distance_km": round(float(km[i]), 1)} for i in order]
 
 
-async def _number(conn: psycopg.AsyncConnection) -> str:
+async def new_number(conn: psycopg.AsyncConnection) -> str:
+    """The next number a customer can quote: ``AVL-<year>-<000042>``."""
     cur = await conn.execute("SELECT nextval('ticket_number_seq')")
     row = await cur.fetchone()
     assert row is not None
@@ -90,7 +91,7 @@ async def for_verdict(conn: psycopg.AsyncConnection, device: Device, verdict: Ve
         # A data channel can often be fixed remotely (APN by SMS); the rest needs the vehicle at a center.
         kind = "technical" if verdict is Verdict.DATA_CHANNEL_FAULT and not earlier else "field_service"
         centers = await nearest_centers(conn, device.latitude, device.longitude)
-        number = await _number(conn)
+        number = await new_number(conn)
         title = f"{device.plate or device.identifier}: {EXPLANATION[verdict]}"
         await cur.execute(
             "INSERT INTO tickets (number, account_id, device_id, type, category, title, recurrence_of, dead_on_arrival,"
@@ -126,7 +127,7 @@ async def platform_incident(conn: psycopg.AsyncConnection, summary: str) -> dict
             await cur.execute(
                 "INSERT INTO tickets (number, type, category, title, sla_due_at) VALUES (%s, 'platform',"
                 " 'platform_incident', %s, %s) RETURNING *",
-                (await _number(conn), "Platform incident: " + summary[:200], datetime.now(UTC) + SLA["platform"]))
+                (await new_number(conn), "Platform incident: " + summary[:200], datetime.now(UTC) + SLA["platform"]))
             ticket = await cur.fetchone()
             assert ticket is not None
             metrics.TICKETS_OPENED.labels("platform_incident").inc()

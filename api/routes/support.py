@@ -22,7 +22,7 @@ support center sees as silent.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -36,6 +36,7 @@ from api.routes.fleet import STATUS_INTERVALS
 from diagnostics.model import EXPLANATION, Verdict
 from diagnostics.steps.platform import HEARTBEAT_STALE_S, QUEUE_HIGH
 from diagnostics.tickets import SLA as DIAGNOSTIC_SLA
+from diagnostics.tickets import new_number
 
 router = APIRouter(prefix="/api/v1/support", tags=["support center"])
 
@@ -375,9 +376,7 @@ async def create_ticket(body: TicketIn, user: Support, conn: Db) -> TicketDetail
     category = body.category or body.type
     try:
         async with conn.transaction():
-            seq = await _one(conn, "SELECT nextval('ticket_number_seq') AS n", ())
-            assert seq is not None
-            number = f"AVL-{datetime.now(UTC).year}-{seq['n']:06d}"
+            number = await new_number(conn)
             row = await _one(conn, "INSERT INTO tickets (number, account_id, device_id, type, category, title, sla_due_at)"
                              " VALUES (%s, %s, %s, %s, %s, %s, now() + %s) RETURNING id",
                              (number, body.account_id, body.device_id, body.type, category, body.title, SLA[body.type]))
