@@ -200,6 +200,7 @@ def demo() -> None:
         lines = [
             "",
             "AVL demo is running (Ctrl-C stops everything it started).",
+            f"  web console:  {base}/console/login",
             f"  API:          {base}/api/v1   (OpenAPI docs: {base}/api/docs)",
             f"  health:       {base}/health",
             f"  database:     {rt.database_url}",
