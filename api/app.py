@@ -31,17 +31,25 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
+def create_app(database_url: str, *, read_url: str | None = None, pool_size: int = 10) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = AsyncConnectionPool(database_url, min_size=1, max_size=pool_size, open=False,
-                                 kwargs={"autocommit": True}, timeout=10)
+                                 kwargs={"autocommit": True, "application_name": "avl-api"}, timeout=10)
         await db.open()
         app.state.pool = db
         app.state.database_url = database_url
+        replica = None
+        if read_url:
+            replica = AsyncConnectionPool(read_url, min_size=1, max_size=pool_size, open=False,
+                                          kwargs={"autocommit": True, "application_name": "avl-api-read"}, timeout=10)
+            await replica.open()
+        app.state.read_pool = replica
         try:
             yield
         finally:
+            if replica is not None:
+                await replica.close()
             await db.close()
 
     app = FastAPI(

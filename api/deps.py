@@ -31,6 +31,16 @@ async def db(p: Annotated[AsyncConnectionPool, Depends(pool)]) -> Any:
 Db = Annotated[AsyncConnection, Depends(db)]
 
 
+async def read_db(request: Request) -> Any:
+    """A connection to the read replica when one is configured (history-type queries), else the primary."""
+    p: AsyncConnectionPool = getattr(request.app.state, "read_pool", None) or request.app.state.pool
+    async with p.connection() as conn:
+        yield conn
+
+
+ReadDb = Annotated[AsyncConnection, Depends(read_db)]
+
+
 @dataclass(frozen=True)
 class User:
     id: int

@@ -107,7 +107,8 @@ async def run_services(settings: Settings, database_url: str, mqtt_url: str | No
         from api.app import create_app
 
         check_port_free(settings.api_host, settings.api_port, "AVL_API_PORT")
-        config = uvicorn.Config(create_app(database_url), host=settings.api_host, port=settings.api_port,
+        read_url = settings.database_read_url.get_secret_value() if settings.database_read_url else None
+        config = uvicorn.Config(create_app(database_url, read_url=read_url), host=settings.api_host, port=settings.api_port,
                                 log_level="warning", lifespan="on")
         server = _Server(config)
         coros.append(server.serve())

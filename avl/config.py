@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         description="PostgreSQL/TimescaleDB URL (`postgresql://user:pass@host:5432/db`). "
         "Unset: `avl` starts and owns a local cluster under `data_dir`.",
     )
+    database_read_url: SecretStr | None = Field(
+        None, description="A read replica for the API's history, trips, distance and exports "
+        "(unset: the primary). Live data, logins and writes always use the primary."
+    )
     data_dir: Path = Field(
         Path("var"),
         description="Directory for the embedded database cluster, the embedded broker and the ingest spool.",

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import exports, geo
-from api.deps import ApiError, Db, User, device_in_scope, live_data_allowed, not_found, require
+from api.deps import ApiError, Db, ReadDb, User, device_in_scope, live_data_allowed, not_found, require
 from diagnostics.steps.sms_ping import COMMANDS
 
 router = APIRouter(prefix="/api/v1", tags=["fleet"])
@@ -498,7 +498,7 @@ async def get_vehicle(device_id: DeviceId, user: FleetUser, conn: Db) -> Respons
                         "`max_points` reports are cut to the first `max_points`, with `next_from` for the next page.",
             responses={403: {"description": "account suspended"}, 404: {"description": "no such vehicle"}})
 async def history(
-    device_id: DeviceId, user: FleetUser, conn: Db, start: From = None, end: To = None,
+    device_id: DeviceId, user: FleetUser, conn: ReadDb, start: From = None, end: To = None,
     simplify_m: Annotated[float | None, Query(ge=0, le=10_000, description="Douglas-Peucker tolerance, metres")] = None,
     max_points: Annotated[int, Query(ge=2, le=HISTORY_MAX_POINTS)] = HISTORY_DEFAULT_POINTS,
     valid_only: Annotated[bool, Query(description="only reports with a valid fix")] = False,
@@ -545,7 +545,7 @@ async def history(
                         "before the first / after the last) lasting at least `min_stop_s`.",
             responses={403: {"description": "account suspended"}, 404: {"description": "no such vehicle"}})
 async def trips(
-    device_id: DeviceId, user: FleetUser, conn: Db, start: From = None, end: To = None,
+    device_id: DeviceId, user: FleetUser, conn: ReadDb, start: From = None, end: To = None,
     min_stop_s: Annotated[int, Query(ge=30, le=86_400)] = geo.MIN_STOP_S,
 ) -> TripsAndStops:
     await device_in_scope(conn, user, device_id)
@@ -574,7 +574,7 @@ async def trips(
                         f"segments implying more than {geo.MAX_PLAUSIBLE_KMH:g} km/h are glitches: neither counts.",
             responses={403: {"description": "account suspended"}, 404: {"description": "no such vehicle"}})
 async def distance(
-    device_id: DeviceId, user: FleetUser, conn: Db,
+    device_id: DeviceId, user: FleetUser, conn: ReadDb,
     first: Annotated[date | None, Query(alias="from", description="first day (default: 6 days before `to`)")] = None,
     last: Annotated[date | None, Query(alias="to", description="last day, inclusive (default: today in `tz`)")] = None,
     tz: Annotated[str, Query(description="IANA time zone the days are counted in", examples=["America/Caracas"])] = "UTC",
@@ -619,7 +619,7 @@ class ExportFormat(StrEnum):
                                                                      for f in exports.FORMATS.values()}},
                        404: {"description": "no such vehicle"}})
 async def export(
-    request: Request, device_id: DeviceId, user: FleetUser, conn: Db, start: From = None, end: To = None,
+    request: Request, device_id: DeviceId, user: FleetUser, conn: ReadDb, start: From = None, end: To = None,
     format: Annotated[ExportFormat, Query(description="csv, gpx, kml or geojson")] = ExportFormat.csv,
 ) -> StreamingResponse:
     device = await device_in_scope(conn, user, device_id)
