@@ -63,7 +63,8 @@ async def test_the_map_shows_the_fleet_moving_a_history_and_a_new_zone(console: 
             markers = page.locator("[data-testid=vehicle-marker]")
             await page.wait_for_function("() => document.querySelectorAll('[data-testid=vehicle-marker]').length === 5")
             assert await page.locator("[data-testid=vehicle-item]").count() == 5
-            assert await page.locator(".vehicle-marker.status-online").count() >= 4
+            await page.wait_for_function(
+                "() => document.querySelectorAll('.vehicle-marker.status-online').length >= 4", timeout=20000)
             await page.wait_for_selector("[data-testid=live-state]:has-text('live')")
 
             # They move live: positions pushed over the WebSocket move the markers (no reload).
