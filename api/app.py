@@ -66,6 +66,8 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing the body"):
+            return _error(422, "invalid_request", "the request body is not valid UTF-8 JSON")
         if isinstance(exc.detail, dict) and "error" in exc.detail:
             return JSONResponse(exc.detail, status_code=exc.status_code, headers=getattr(exc, "headers", None))
         code = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
@@ -77,6 +79,11 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         return _error(422, "invalid_request", f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(psycopg.DataError)
+    async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A value the database cannot hold (an id beyond bigint, a NUL character in text): the client's input.
+        return _error(422, "invalid_request", f"a value cannot be stored or compared: {first_line(exc)}")
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
@@ -105,14 +112,15 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
         return JSONResponse({"status": "ok", "database": "ok", "storage": row[0], "schema_version": row[1],
                              "version": avl.__version__})
 
-    @app.get("/api/v1/me", tags=["access"], summary="The user behind the token")
+    @app.get("/api/v1/me", tags=["access"], summary="The user behind the token",
+             responses={401: COMMON_RESPONSES[401], 403: COMMON_RESPONSES[403]})
     async def me(user: CurrentUser) -> dict[str, Any]:
         return {"id": user.id, "name": user.name, "email": user.email, "role": user.role,
                 "account_id": user.account_id, "installation_center_id": user.installation_center_id,
                 "account_status": user.account_status, "must_change_password": user.must_change_password}
 
     app.state.login_limiter = auth.LoginLimiter()
-    app.include_router(auth.router)
+    app.include_router(auth.router, responses={401: COMMON_RESPONSES[401], 422: COMMON_RESPONSES[422]})
     for module in ("fleet", "live", "support", "installers", "admin"):
         try:
             routes = __import__(f"api.routes.{module}", fromlist=["router"])
@@ -120,6 +128,32 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
             if exc.name != f"api.routes.{module}":
                 raise
             continue
-        app.include_router(routes.router)
+        app.include_router(routes.router, responses=COMMON_RESPONSES)
     console.mount(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, invalid, expired or revoked token"},
+    403: {"description": "not for this role, or the account is retired or suspended"},
+    404: {"description": "no such resource (another account's looks exactly the same)"},
+    422: {"description": "invalid request: the message names the field"},
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus the bearer scheme every /api/v1 operation but login accepts."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http", "scheme": "bearer", "description": "an API token (`avl token create`) or a console session"}
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/api/v1/") and path != "/api/v1/auth/login":
+            for operation in operations.values():
+                operation.setdefault("security", [{"bearer": []}])
+    app.openapi_schema = schema
+    return schema
