@@ -64,7 +64,9 @@ class Spool:
         self.offset_path = directory / "spool.offset"
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab+")  # noqa: SIM115 - lives as long as the spool
+        # Unbuffered, at the descriptor: a failed write (disk full) must leave nothing behind in a
+        # buffer that a later flush would slip in ahead of the next record.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self.read_offset = self._load_offset()
         self.size = self._recover()
 
@@ -76,14 +78,14 @@ class Spool:
         if self.size + len(record) > self.max_bytes:
             raise SpoolError(f"spool: {self.path} is at its limit of {self.max_bytes} bytes")
         try:
-            self._file.seek(0, os.SEEK_END)
-            self._file.write(record)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            view = memoryview(record)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
         except OSError as exc:
             # Cut back whatever part was written, so the file stays a sequence of whole records.
             try:
-                self._file.truncate(self.size)
+                os.ftruncate(self._fd, self.size)
             except OSError:
                 pass
             raise SpoolError(f"spool: cannot write {self.path}: {exc.strerror or exc}") from None
@@ -104,10 +106,9 @@ class Spool:
         offset = self.read_offset if offset is None else offset
         if offset >= self.size:
             return None
-        self._file.seek(offset)
-        header = self._file.read(_HEADER.size)
+        header = os.pread(self._fd, _HEADER.size, offset)
         length, crc = _HEADER.unpack(header)
-        payload = self._file.read(length)
+        payload = os.pread(self._fd, length, offset + _HEADER.size)
         if len(payload) != length or zlib.crc32(payload) != crc:  # cannot happen after _recover
             raise SpoolError(f"spool: corrupt record at offset {offset} in {self.path}")
         return payload, offset + _HEADER.size + length
@@ -116,13 +117,13 @@ class Spool:
         """Marks everything before ``offset`` replayed (durably); empties the file when all is."""
         self.read_offset = offset
         if self.read_offset >= self.size:
-            self._file.truncate(0)
-            os.fsync(self._file.fileno())
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
             self.size = self.read_offset = 0
         self._store_offset()
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
     # Recovery -------------------------------------------------------------------
 
@@ -142,22 +143,18 @@ class Spool:
 
     def _recover(self) -> int:
         """Scans the file; cuts a torn last record. Returns the size of the whole records."""
-        self._file.seek(0)
         good = 0
-        while True:
-            header = self._file.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                break
-            length, crc = _HEADER.unpack(header)
-            payload = self._file.read(length)
+        end = os.fstat(self._fd).st_size
+        while good + _HEADER.size <= end:
+            length, crc = _HEADER.unpack(os.pread(self._fd, _HEADER.size, good))
+            payload = os.pread(self._fd, length, good + _HEADER.size)
             if len(payload) != length or zlib.crc32(payload) != crc:
                 break
             good += _HEADER.size + length
-        end = self._file.seek(0, os.SEEK_END)
         if end != good:
             log.warning("spool: cut a torn record at offset %s of %s (written but never acknowledged)", good, self.path)
-            self._file.truncate(good)
-            os.fsync(self._file.fileno())
+            os.ftruncate(self._fd, good)
+            os.fsync(self._fd)
         if self.read_offset > good:
             self.read_offset = good
         if good:

@@ -168,7 +168,12 @@ class Writer:
         loop = asyncio.get_running_loop()
         while True:
             if self.spool.pending and self._queue.empty():
-                await self._replay(budget_s=0.2)
+                try:
+                    await self._replay(budget_s=0.2)
+                except (SpoolError, OSError) as exc:  # the spool's disk: keep serving, retry later
+                    log.error("writer: cannot read the spool for replay (%s); retrying", exc)
+                    await asyncio.sleep(self.retry_s)
+                    continue
                 if self.spool.pending:
                     try:
                         item = await asyncio.wait_for(self._queue.get(), self.retry_s)

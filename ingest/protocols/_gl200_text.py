@@ -358,6 +358,14 @@ def decode_eri(ctx: Context, v: list[str]) -> list[Position] | None:
         i += 1
         return v[i - 1]
 
+    def counted() -> int:
+        """A count read from the frame, refused when more items than fields are left (a hostile
+        count would otherwise spin the loop below for ever without reading anything)."""
+        n = int(take())
+        if not 0 <= n <= len(v) - i:
+            raise ValueError(f"count {n} exceeds the {len(v) - i} fields left")
+        return n
+
     if not extended and re.fullmatch(r"GL200|GL300(W|VC)?", model):
         put(p, "batteryLevel", _int(take()))
         return positions
@@ -419,7 +427,7 @@ def decode_eri(ctx: Context, v: list[str]) -> list[Position] | None:
             i += 1  # fuel height
 
     if _bit(mask, 1):  # 1-wire temperature sensors
-        for n in range(1, int(take()) + 1):
+        for n in range(1, counted() + 1):
             i += 2  # id, type
             value = take()
             if value:
@@ -430,7 +438,7 @@ def decode_eri(ctx: Context, v: list[str]) -> list[Position] | None:
         return positions  # CAN data is not decoded here
 
     if (_bit(mask, 3) or _bit(mask, 4) or (_bit(mask, 0) and model == "GV350M")) and i < len(v) - 2:
-        for _ in range(int(take())):
+        for _ in range(counted()):
             i += 1  # type
             if model == "GV350M":
                 i += 1  # uart id
@@ -444,7 +452,7 @@ def decode_eri(ctx: Context, v: list[str]) -> list[Position] | None:
                 i += 1  # fuel temperature
 
     if _bit(mask, 7) and model != "GL320M":
-        for _ in range(int(take())):
+        for _ in range(counted()):
             i += 1  # serial number
             sensor_type = int(take())
             i += 1  # temperature
@@ -452,7 +460,7 @@ def decode_eri(ctx: Context, v: list[str]) -> list[Position] | None:
                 i += 1  # humidity
 
     if _bit(mask, 8) and model != "GL320M":  # bluetooth accessories
-        for n in range(1, int(take()) + 1):
+        for n in range(1, counted() + 1):
             i += 3  # index, type, model
             if model.startswith("GV600M"):
                 i += 1  # raw data length

@@ -37,6 +37,8 @@ class JsonReportProtocol(Protocol):
             data = json.loads(frame)
         except (ValueError, UnicodeDecodeError) as exc:
             raise self.error(f"not JSON: {exc}", frame) from None
+        except RecursionError:
+            raise self.error("JSON nested too deeply", frame[:64]) from None
         reports = data if isinstance(data, list) else [data]
         return DecodeResult(positions=[self._report(r, session, frame) for r in reports])
 

@@ -109,7 +109,7 @@ def parse_request(raw: bytes) -> Request:
         headers[name.lower()] = value.strip()
     length = headers.get("content-length")
     if length is not None:
-        if not length.isdigit() or len(length) > 12:
+        if not (length.isascii() and length.isdigit()) or len(length) > 12:
             raise BadRequest(f"bad Content-Length {length[:20]!r}")
         if len(body) < int(length):
             raise BadRequest(f"body of {len(body)} bytes, Content-Length says {length}")
@@ -148,7 +148,7 @@ class OsmAndProtocol(Protocol):
                 raise FrameError(self.name, f"Transfer-Encoding {value.strip()[:20]!r} is not supported", buffer[:64])
             if key == "content-length":
                 value = value.strip()
-                if not value.isdigit() or len(value) > 12 or (length and int(value) != length):
+                if not (value.isascii() and value.isdigit()) or len(value) > 12 or (length and int(value) != length):
                     raise FrameError(self.name, f"bad Content-Length {value[:20]!r}", buffer[:64])
                 length = int(value)
         total = end + 4 + length
