@@ -35,6 +35,10 @@ class Pending:
     future: asyncio.Future[None] | None = None
     refused: str | None = None  # why the frame's reports are not acknowledged
     records: int = 0
+    # True when the reports could not be made durable (database and spool both failing): the
+    # sender must keep them and resend. Other refusals (bad frame, unknown device, identity)
+    # will not change by resending.
+    retry: bool = False
 
     async def accepted(self) -> bool:
         if self.refused is not None:
@@ -45,6 +49,7 @@ class Pending:
             await self.future
         except NotDurable as exc:
             self.refused = str(exc)
+            self.retry = True
             return False
         return True
 
@@ -80,6 +85,19 @@ class Intake:
             metrics.DECODE_ERRORS.labels(protocol.name).inc()
             log.exception("%s decoder failed on a frame from %s (hex %s)", protocol.name, session.remote, frame[:64].hex())
             return Pending(reply=None, refused=f"decoder failure: {type(exc).__name__}")
+        binds = session.transport != "udp"
+        bound = session.state.get(BOUND)
+        if binds and session.device is not None:
+            # A connection belongs to the first device it identifies as, by login or by report.
+            if bound is None:
+                bound = session.state[BOUND] = session.device
+            elif session.device != bound:
+                refused = session.device
+                session.device = bound
+                metrics.REFUSED.labels(protocol.name, "identity").inc()
+                log.warning("%s %s: connection identified as %s tried to identify as %s; refused",
+                            protocol.name, session.remote, bound, refused)
+                return Pending(reply=None, refused=f"connection is bound to device {bound}, not {refused}")
         if not result.positions:
             return Pending(reply=result.reply)
 
@@ -88,7 +106,6 @@ class Intake:
         for p in result.positions[1:]:
             if p.raw is frame:
                 p.raw = b""
-        bound = session.state.get(BOUND)
         received_at = datetime.now(UTC)
         oldest = oldest_accepted(self.retention_days)
         batch = Batch()
@@ -96,7 +113,6 @@ class Intake:
         counts: dict[str, int] = {}
         # UDP datagrams each carry their own identity and a source address is reused by other
         # devices (carrier NAT), so only connections (TCP, HTTP, MQTT topics) are bound.
-        binds = session.transport != "udp"
         for p in result.positions:
             if not binds:
                 pass

@@ -10,9 +10,10 @@ the one private attribute used) before connecting, and calls paho's ``ack(mid, q
 once the message's rows are durable. aiomqtt drives paho from the asyncio loop's socket
 callbacks, so calling ``ack`` from the same loop is safe. Acks go out in the order the
 messages arrived (MQTT 3.1.1 section 4.6), through a single acker task. A message that
-is never acked (decode error, unknown device, not durable) is redelivered by the broker
-after a reconnect; decode errors are acked after being counted, since redelivering a
-malformed message forever helps no one.
+that could not be made durable is not acked: the broker redelivers it after a reconnect.
+A message refused for what it is (malformed, unknown device, another device's identity) is
+counted, recorded where it can be (unknown devices) and acked: redelivering it cannot help,
+and unacked messages would fill the broker's in-flight window and stall all MQTT input.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ class MqttInput:
     async def _acker(self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, Pending]]) -> None:
         while True:
             mid, qos, pending = await acks.get()
-            if await pending.accepted() or (pending.refused or "").startswith("decode"):
+            # Acknowledge everything but what could not be made durable: a refused message (bad frame,
+            # unknown device, wrong identity; counted and recorded) would otherwise hold one of the
+            # broker's in-flight slots for ever and, once they are all taken, stop MQTT ingestion.
+            if await pending.accepted() or not pending.retry:
                 if qos > 0:
                     client._client.ack(mid, qos)  # noqa: SLF001
                 self.acked += 1

@@ -30,6 +30,12 @@ _HTTP_REFUSED = {
 }
 
 
+# A device that sends this many undecodable frames in a row is not a device we can serve.
+MAX_BAD_FRAMES = 32
+# ... or this many frames in a row that carry nothing (keep-alives), without a report between them.
+MAX_EMPTY_FRAMES = 256
+
+
 class TcpListener:
     def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, transport: str = "tcp",
                  idle_timeout_s: float = 600.0, max_frame: int = 65536, max_per_source: int = 256,
@@ -102,6 +108,7 @@ class TcpListener:
         except TimeoutError:
             log.debug("%s %s: idle or slow reader, closing", self.protocol.name, session.remote)
         except FrameError as exc:
+            metrics.REFUSED.labels(self.protocol.name, "frame_cut").inc()
             log.info("%s %s: %s; closing", self.protocol.name, session.remote, exc)
         finally:
             gauge.dec()
@@ -132,6 +139,7 @@ class TcpListener:
         buffer = b""
         http = self.transport == "http"
         pending_first = first
+        garbage = failures = empty = 0
         while True:
             if pending_first:
                 chunk, pending_first = pending_first, b""
@@ -146,18 +154,38 @@ class TcpListener:
                 if consumed == 0:
                     break
                 buffer = buffer[consumed:]
-                if frame is not None:
-                    pendings.append(await self.intake.frame(self.protocol, session, frame))
+                if frame is None:
+                    # Bytes no frame can start with. A stream of them is cut off after max_frame
+                    # bytes, so line noise cannot cost the process unbounded work.
+                    garbage += consumed
+                    if garbage > self.max_frame:
+                        raise FrameError(self.protocol.name, f"no frame in {garbage} bytes", buffer[:32])
+                    continue
+                garbage = 0
+                pending = await self.intake.frame(self.protocol, session, frame)
+                pendings.append(pending)
+                failures = failures + 1 if (pending.refused or "").startswith("decode") else 0
+                if failures > MAX_BAD_FRAMES:
+                    raise FrameError(self.protocol.name, f"{failures} undecodable frames in a row", frame[:32])
+                # Frames that yield nothing at all (keep-alives) are cheap, but a flood of them is not a device.
+                empty = empty + 1 if not pending.records and pending.reply is None and pending.refused is None else 0
+                if empty > MAX_EMPTY_FRAMES:
+                    raise FrameError(self.protocol.name, f"{empty} empty frames in a row", frame[:32])
+                if len(pendings) % 64 == 0:
+                    await asyncio.sleep(0)  # a long burst must not keep other connections waiting
             if len(buffer) > self.max_frame:
                 raise FrameError(self.protocol.name, f"no complete frame within {self.max_frame} bytes", buffer[:64])
             close = False
             for pending in pendings:
+                if (pending.refused or "").startswith("connection is bound"):
+                    close = True  # another device's identity on this connection: it is not trusted any more
                 if await pending.accepted():
                     if pending.reply:
                         writer.write(pending.reply)
                         close = close or (http and b"\r\nConnection: close" in pending.reply.split(b"\r\n\r\n", 1)[0])
                     continue
-                metrics.REFUSED.labels(self.protocol.name, (pending.refused or "?").split(" ")[0]).inc()
+                if pending.retry:  # other refusals are counted where they are decided (intake)
+                    metrics.REFUSED.labels(self.protocol.name, "not_durable").inc()
                 log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)
                 if http:
                     writer.write(_HTTP_REFUSED[_http_reason(pending.refused or "")])

@@ -73,5 +73,6 @@ class UdpListener(asyncio.DatagramProtocol):
             if pending.reply and self.transport is not None:
                 self.transport.sendto(pending.reply, addr)
         else:
-            metrics.REFUSED.labels(self.protocol.name, (pending.refused or "?").split(" ")[0]).inc()
+            if pending.retry:  # other refusals are counted where they are decided (intake)
+                metrics.REFUSED.labels(self.protocol.name, "not_durable").inc()
             log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)
