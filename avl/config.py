@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     )
     embedded_mqtt_port: int = Field(18830, description="TCP port (127.0.0.1) of the embedded MQTT broker.")
     mqtt_group: str = Field(
-        "avl-ingest", description="Shared-subscription group of the ingest processes (`$share/<group>/avl/in/#`)."
+        "", description="Shared-subscription group when several ingest processes split the MQTT input "
+        "(`$share/<group>/avl/in/#`); empty: a plain persistent subscription (one ingest process)."
     )
     # API -------------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the HTTP API and web console listen on.")
