@@ -343,11 +343,20 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Times a fleet's reports can have (GPS week rollovers aside): anything else is a mistake in the request.
+EARLIEST = datetime(1980, 1, 6, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def period(start: datetime | None, end: datetime | None, max_days: int,
            default: timedelta = timedelta(days=1)) -> tuple[datetime, datetime]:
     """[from, to): default the last 24 hours (``default``); a time without a zone is UTC."""
     end = _utc(end) if end is not None else datetime.now(UTC)
+    if not EARLIEST <= end <= LATEST:
+        raise ApiError(422, "invalid_request", f"to: must be between {EARLIEST:%Y} and {LATEST:%Y}")
     start = _utc(start) if start is not None else end - default
+    if not EARLIEST <= start <= LATEST:
+        raise ApiError(422, "invalid_request", f"from: must be between {EARLIEST:%Y} and {LATEST:%Y}")
     if end <= start:
         raise ApiError(422, "invalid_request", "to: must be after from")
     if end - start > timedelta(days=max_days):

@@ -471,3 +471,11 @@ def test_fleet_endpoints_need_a_token_and_a_fleet_role(api: Api) -> None:
                  if path.startswith(("/api/v1/vehicles", "/api/v1/geofence", "/api/v1/locate", "/api/v1/live"))]
     assert len(fleet_ops) >= 19
     assert all(op.get("summary") for _, _, op in fleet_ops)
+
+
+def test_periods_outside_any_plausible_fix_time_are_refused(api: Api) -> None:
+    api.account("Flota Fechas")
+    token = api.token("client", "fechas", account="Flota Fechas")
+    with api.client(token) as c:
+        r = c.get("/api/v1/geofence-alerts", params={"from": "0945-07-29T14:43:14Z", "to": "0945-07-30T14:43:14Z"})
+    assert r.status_code == 422 and r.json()["message"].startswith("to: must be between")
