@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from avl.records import Position
 from ingest.protocols.base import DecodeError, FrameError, Session
 from ingest.protocols.enfora import PROTOCOL, encode_login, encode_position
+from tests.ingest.protocols.framing import split_all
 
 IMEI = "356938035643809"
 
@@ -88,16 +90,7 @@ def test_impossible_date_raises_decode_error() -> None:
 # Framing --------------------------------------------------------------------------
 
 
-def drain(stream: bytes) -> tuple[list[bytes], bytes]:
-    frames: list[bytes] = []
-    while stream:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
-    return frames, stream
+drain = partial(split_all, PROTOCOL)
 
 
 def test_split_two_frames_and_half_a_third() -> None:

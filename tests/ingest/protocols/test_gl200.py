@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from avl.records import Position
 from ingest.protocols._gl200_binary import crc8_pro, crc16_ccitt_false
 from ingest.protocols.base import DecodeError, FrameError, Session
 from ingest.protocols.gl200 import PROTOCOL, encode_login, encode_position
+from tests.ingest.protocols.framing import split_all
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 IMEI = "865084030003675"
@@ -212,16 +214,7 @@ def test_garbage_raises_decode_error() -> None:
 # Framing ----------------------------------------------------------------------------
 
 
-def _split_all(stream: bytes) -> tuple[list[bytes], bytes]:
-    frames: list[bytes] = []
-    while stream:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
-    return frames, stream
+_split_all = partial(split_all, PROTOCOL)
 
 
 def test_split_two_frames_and_half_a_third() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from avl.records import Position
 from ingest.protocols.base import DecodeError, FrameError, Session
 from ingest.protocols.h02 import PROTOCOL, encode_login, encode_position
+from tests.ingest.protocols.framing import split_all
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
@@ -200,16 +202,7 @@ def test_impossible_date_raises_decode_error() -> None:
 # Framing --------------------------------------------------------------------------
 
 
-def drain(stream: bytes) -> tuple[list[bytes], bytes]:
-    frames: list[bytes] = []
-    while stream:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
-    return frames, stream
+drain = partial(split_all, PROTOCOL)
 
 
 def test_split_two_text_frames_and_half_a_third() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from avl.records import Position
 from ingest.protocols.base import KNOTS_TO_KMH, DecodeError, FrameError, Session
 from ingest.protocols.osmand import PROTOCOL, encode_login, encode_position
+from tests.ingest.protocols.framing import split_all
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
@@ -30,16 +32,7 @@ def post(body: bytes, content_type: str) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def split_all(stream: bytes) -> tuple[list[bytes], bytes]:
-    frames: list[bytes] = []
-    while stream:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
-    return frames, stream
+split_all = partial(split_all, PROTOCOL)
 
 
 # Responses and records ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ingest.protocols.teltonika import (
     encode_position,
     encode_udp,
 )
+from tests.ingest.protocols.framing import split_all
 
 IMEI = "356307042441013"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -229,14 +230,7 @@ def test_split_yields_handshake_keepalive_and_data_frames_then_waits_for_the_res
     first = encode_position(sample())
     second = encode_batch([sample(), sample()], codec=0x8E)
     stream = login + b"\xff" + first + second + second[: len(second) // 2]
-    frames = []
-    while True:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
+    frames, stream = split_all(PROTOCOL, stream)
     assert frames == [login, b"\xff", first, second]
     assert stream == second[: len(second) // 2]
 

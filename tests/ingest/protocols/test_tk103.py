@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from avl.records import Position
 from ingest.protocols.base import DecodeError, FrameError, Session
 from ingest.protocols.tk103 import PROTOCOL, encode_login, encode_position
+from tests.ingest.protocols.framing import split_all
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -19,16 +21,7 @@ def session(device: str | None = None) -> Session:
     return Session(transport="tcp", device=device, now=lambda: NOW)
 
 
-def split_all(stream: bytes) -> tuple[list[bytes], bytes]:
-    frames: list[bytes] = []
-    while stream:
-        frame, consumed = PROTOCOL.split(stream)
-        if frame is None and consumed == 0:
-            break
-        if frame is not None:
-            frames.append(frame)
-        stream = stream[consumed:]
-    return frames, stream
+split_all = partial(split_all, PROTOCOL)
 
 
 # Replies ------------------------------------------------------------------------------
