@@ -44,7 +44,9 @@ class Esme(smpplib.client.Client):  # type: ignore[misc]
     """smpplib client that records every PDU it reads and answers deliver_sm with ``answer``."""
 
     def __init__(self, port: int, answer: Answer = smpplib.consts.SMPP_ESME_ROK) -> None:
-        super().__init__("127.0.0.1", port, timeout=0.1, allow_unknown_opt_params=True)
+        # Request/response calls (bind, submit) wait up to 5 s for the SMSC on a busy machine;
+        # pump() polls with short reads instead.
+        super().__init__("127.0.0.1", port, timeout=5.0, allow_unknown_opt_params=True)
         self.received: list[Any] = []
         self.answer = answer
         self.set_message_received_handler(self._on_deliver)
@@ -65,10 +67,13 @@ class Esme(smpplib.client.Client):  # type: ignore[misc]
         while not until():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; received {[p.command for p in self.received]}")
+            self._socket.settimeout(0.1)
             try:
                 self.read_once(auto_send_enquire_link=False)
             except TimeoutError:
                 pass
+            finally:
+                self._socket.settimeout(5.0)
 
     def pump_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
