@@ -7,15 +7,21 @@ generated from it and a test checks the two agree.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from avl.phone import is_country
 from ingest.protocols import DEFAULT_PORTS
 
 
@@ -38,7 +44,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         Path("var"),
-        description="Directory for the embedded database cluster, the embedded broker and the ingest spool.",
+        description="Directory for the embedded database cluster, the embedded broker and the ingest spool "
+        "(a relative path is taken from the directory `avl` starts in).",
     )
     embedded_db_port: int = Field(54329, description="TCP port (127.0.0.1) of the embedded PostgreSQL cluster.")
     retention_days: int = Field(
@@ -65,6 +72,13 @@ class Settings(BaseSettings):
     console_tile_url: str | None = Field(
         None, description="Raster tile URL for the web console's map (`https://tiles.example/{z}/{x}/{y}.png`); "
         "unset: the light vector basemap shipped with the app (no public tile server)."
+    )
+    trusted_proxies: str = Field(
+        "", description="Reverse proxies (comma-separated addresses or CIDRs) whose `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` the API believes; empty: none, the peer's own address is the client's."
+    )
+    api_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the API reads; a larger one is refused with 413."
     )
     # Ingest ----------------------------------------------------------------------------
     ingest_host: str = Field("0.0.0.0", description="Address the device listeners (TCP/UDP/HTTP) bind to.")
@@ -100,6 +114,28 @@ class Settings(BaseSettings):
         None, description="MQTT client id of this ingest process (persistent session); unset: `avl-ingest-<hostname>`. "
         "Give each process on a host its own."
     )
+    ingest_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Source networks allowed to reach the device listeners (TCP, UDP, HTTP), as CIDRs "
+        "(comma-separated in the environment), e.g. the carrier's private APN ranges; behind the PROXY protocol the "
+        "device's own address is checked. Others are closed (TCP) or not answered (UDP), and counted. Empty: everyone.",
+    )
+    ingest_allow_by_protocol: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per-protocol allowlists replacing `AVL_INGEST_ALLOW` for those protocols, e.g. "
+        "`{\"osmand\": []}` lets phones report from anywhere (JSON in the environment; `[]`: everyone).",
+    )
+    jump_max_speed_kmh: float = Field(
+        1000.0, ge=0, description="A report that implies a faster move from the device's trusted fixes nearest to it "
+        "in fix time is quarantined as `implausible_jump` (still acknowledged, not trusted); 0: no check."
+    )
+    unknown_per_source_per_minute: int = Field(
+        30, ge=1, description="New unregistered-device identifiers recorded per source address per minute; more are "
+        "counted and not recorded."
+    )
+    unknown_retention_days: int = Field(
+        3, ge=1, description="Unregistered-device sightings not seen for this long are deleted."
+    )
     # Diagnostics -------------------------------------------------------------------
     smpp_host: str | None = Field(None, description="SMSC host for SMS pings (unset: SMS pings are disabled).")
     smpp_port: int = Field(2775, description="SMSC port.")
@@ -111,6 +147,21 @@ class Settings(BaseSettings):
     )
     sms_ping_period_s: float = Field(3600.0, ge=0, description="At most one SMS ping per device in this period.")
     sms_rate_per_minute: int = Field(60, ge=1, description="Global limit of SMS sent per minute.")
+    smpp_default_alphabet: str = Field(
+        "gsm0338", pattern="^(gsm0338|latin1)$",
+        description="What the SMSC takes `data_coding` 0 to mean: `gsm0338` (the GSM 7-bit default alphabet, sent as "
+        "unpacked septets) or `latin1`. Text outside it goes out as UCS-2.",
+    )
+    smpp_dest_ton: str = Field(
+        "international", pattern="^(international|national|unknown)$",
+        description="Type of number of SMS destinations (NPI 1, E.164): `international` (TON 1, country code and "
+        "number without `+`), `national` (TON 2, the national number with its trunk prefix, for numbers of "
+        "`AVL_PHONE_DEFAULT_COUNTRY`) or `unknown` (TON 0, digits as for international). `1`, `2`, `0` also work.",
+    )
+    phone_default_country: str = Field(
+        "VE", description="Country (ISO 3166 code) of phone numbers written without a country code: national input "
+        "is read in it, and national-format addresses from the SMSC too.",
+    )
     sweep_interval_s: float = Field(300.0, gt=0, description="How often the diagnostics worker sweeps the fleet.")
     silent_after_intervals: float = Field(
         3.0, gt=0, description="A device is silent when its last report is older than this many report intervals."
@@ -120,12 +171,57 @@ class Settings(BaseSettings):
     )
     storm_min_devices: int = Field(20, ge=1, description="Fewest silent devices that can make an incident.")
     diagnostics_concurrency: int = Field(8, ge=1, description="Checklists run at once by the diagnostics worker.")
+    parked_interval_s: float = Field(
+        600.0, gt=0, description="Expected report interval of a parked vehicle (ignition off) when the device has "
+        "none declared (`avl device add --parked-interval`) and none learned from its own history yet."
+    )
+    unreachable_after_s: float = Field(
+        1800.0, ge=0, description="Shortest silence the checklist judges a terminal fault (`unreachable`, "
+        "`data_channel_fault`); a shorter one (a coverage gap?) is `inconclusive` and checked again later."
+    )
+    sweep_grace_s: float = Field(
+        180.0, ge=0, description="After an ingest process (re)starts, the sweep leaves silent devices alone this long "
+        "(terminals reconnect with a backoff): a restart is not a storm of silent devices."
+    )
+    quality_recheck_s: float = Field(
+        21600.0, gt=0, description="The sweep also checks devices that report but whose latest report has no usable "
+        "fix while driving or a supply voltage off its declaration; each at most once in this period."
+    )
+    diagnose_sms: str = Field(
+        "auto", pattern="^(auto|outbox|bind|off)$",
+        description="How `avl diagnose` (another process than the worker) sends its SMS ping: `outbox` (queued for "
+        "the diagnostics worker, which holds the SMSC bind), `bind` (its own bind to `AVL_SMPP_HOST`), `off`, or "
+        "`auto` (the outbox when a worker with a bound SMSC is alive, else its own bind).",
+    )
+    # Billing -----------------------------------------------------------------------
+    price_locate: Decimal = Field(
+        Decimal("1.00"), ge=0, max_digits=12, decimal_places=2,
+        description="Price of a client's locate-now request (\"Solicitud de Posición\"), quoted when asked and charged "
+        "once, when a position answers it (a pre-paid balance is debited; post-paid: a billable event for the invoice).",
+    )
+    locate_answer_window_s: float = Field(
+        600.0, gt=0, description="A locate-now request is answered by a position arriving after its SMS was delivered "
+        "and within this long of the request; unanswered by then it is `expired` and not billed.",
+    )
+    min_permanence_months: int = Field(
+        12, ge=0, description="Minimum permanence from an account's creation: a voluntary retirement before it is "
+        "refused unless forced with a reason (`avl account retire --force-reason`).",
+    )
+    # People ------------------------------------------------------------------------
+    language: str = Field(
+        "es", pattern="^(es|en)$", description="Language of what customers read without a preference of their own: "
+        "SMS notices, ticket instructions, the printable certificate (`es`: Spanish, Venezuela; `en`: English)."
+    )
+    customer_timezone: str = Field(
+        "America/Caracas", description="Time zone (IANA name) of the dates customers read: the deadline to bring a "
+        "vehicle in, in SMS notices and ticket instructions."
+    )
     # Logging -----------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
-    @field_validator("protocols", mode="before")
+    @field_validator("protocols", "ingest_allow", mode="before")
     @classmethod
-    def _split_protocols(cls, value: Any) -> Any:
+    def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
@@ -148,12 +244,52 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: port {port} out of range")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Once, here: every child process (initdb as 'postgres' from /, the broker) gets absolute paths.
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("ingest_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _cidrs(value)
+
+    @field_validator("ingest_allow_by_protocol")
+    @classmethod
+    def _networks_by_protocol(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in value:
+            if name not in DEFAULT_PORTS:
+                raise ValueError(f"unknown protocol {name!r}")
+        return {name: _cidrs(networks) for name, networks in value.items()}
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("smpp_dest_ton", mode="before")
+    @classmethod
+    def _ton_by_number(cls, value: Any) -> Any:
+        return {"0": "unknown", "1": "international", "2": "national"}.get(str(value).strip(), value)
+
+    @field_validator("customer_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. America/Caracas)") from None
+        return value.strip()
+
+    @field_validator("phone_default_country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if not is_country(value.strip()):
+            raise ValueError(f"unknown country code {value!r} (ISO 3166, e.g. VE)")
+        return value.strip().upper()
 
     @classmethod
     def settings_customise_sources(
@@ -168,6 +304,17 @@ class Settings(BaseSettings):
 
     def port_for(self, protocol: str) -> int:
         return self.ports.get(protocol, DEFAULT_PORTS[protocol])
+
+
+def _cidrs(values: list[str]) -> list[str]:
+    """Validated, normalised networks (a bare address is its /32 or /128)."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{value.strip()!r} is not an IP network (a CIDR such as 10.64.0.0/10)") from None
+    return out
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -185,6 +332,9 @@ class _TomlSource(PydanticBaseSettingsSource):
                 raise ConfigError(f"AVL_CONFIG: cannot read {path}: {exc.strerror}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"AVL_CONFIG: {path} is not valid TOML: {exc}") from None
+            for key in self._values:
+                if key not in settings_cls.model_fields:  # named as written in the file, not as AVL_*
+                    raise ConfigError(f"{path}: {_unknown(key, settings_cls.model_fields)}")
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
@@ -193,8 +343,43 @@ class _TomlSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._values.items()}
 
 
+# AVL_* environment variables that are not settings: the settings file's name, and knobs of the
+# tests, benchmarks and deployment scripts, which commands they start inherit.
+NOT_SETTINGS = frozenset({"AVL_CONFIG", "AVL_TEST_DATABASE_URL", "AVL_PG_BINDIR", "AVL_CHROMIUM", "AVL_VECTORS",
+                          "AVL_SCHEMATHESIS_SEED", "AVL_DOMAIN", "AVL_IMAGE"})
+NOT_SETTINGS_PREFIXES = ("AVL_TEST_", "AVL_SOAK_", "AVL_FUZZ_", "AVL_BENCH_")
+
+
+def _unknown(name: str, known: Iterable[str]) -> str:
+    """``NAME: unknown setting; did you mean CLOSEST?`` (the suggestion when one is close)."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"{name}: unknown setting" + (f"; did you mean {close[0]}?" if close else " (see the README's settings)")
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """A ConfigError for the first ``AVL_*`` environment variable that is not a setting (a typo
+    would otherwise be ignored silently and the default used)."""
+    env = os.environ if environ is None else environ
+    known = [f"AVL_{name.upper()}" for name in Settings.model_fields]
+    for key in sorted(env):
+        name = key.upper()
+        if not name.startswith("AVL_") or name in known or name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        raise ConfigError(_unknown(name, known))
+
+
+def _named(field: str, overrides: dict[str, Any]) -> str:
+    """Where a bad value came from: its environment variable, else its key in the settings file."""
+    env_name = f"AVL_{field.upper()}"
+    config = os.environ.get("AVL_CONFIG")
+    if field in overrides or not config or any(key.upper() == env_name for key in os.environ):
+        return env_name
+    return f"{config}: {field}"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """The settings, or a ConfigError whose message names the first bad setting."""
+    check_environment()
     try:
         return Settings(**overrides)
     except SettingsError as exc:
@@ -204,7 +389,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "?"
-        setting = f"AVL_{name.split('.')[0].upper()}"
+        setting = _named(name.split(".")[0], overrides)
         raise ConfigError(f"{setting}: {err['msg']} (got {err.get('input')!r})") from None
 
 

@@ -24,7 +24,8 @@ def test_defaults_listen_on_the_reference_servers_ports() -> None:
     s = load_settings()
     assert s.database_url is None
     assert s.port_for("teltonika") == 5027 and s.port_for("gt06") == 5023 and s.port_for("osmand") == 5055
-    assert len(s.protocols) == 10
+    assert s.port_for("jt808") == 5015 and s.port_for("wialon") == 5039 and s.port_for("startek") == 5222
+    assert len(s.protocols) == 22  # every protocol listens by default
 
 
 def test_environment_overrides_the_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,27 +48,58 @@ def test_environment_overrides_the_toml_file(tmp_path: Path, monkeypatch: pytest
         ("AVL_PROTOCOLS", "gt06,nosuch", "AVL_PROTOCOLS"),
         ("AVL_PORTS", "{not json", "AVL_PORTS"),
         ("AVL_LOG_LEVEL", "LOUD", "AVL_LOG_LEVEL"),
-        ("AVL_NO_SUCH_SETTING_X", "1", None),
+        ("AVL_NO_SUCH_SETTING_X", "1", "AVL_NO_SUCH_SETTING_X"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPatch, key: str, value: str,
-                                                         named: str | None) -> None:
+                                                         named: str) -> None:
     monkeypatch.setenv(key, value)
-    if named is None:  # unknown AVL_* environment variables are ignored (only the TOML file is strict)
-        load_settings()
-        return
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert str(err.value).startswith(named + ":")
     assert "\n" not in str(err.value)
 
 
-def test_unknown_key_in_the_toml_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_mistyped_environment_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVL_API_PROT", "9000")  # silently ignored, the API would start on the default port
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value) == "AVL_API_PROT: unknown setting; did you mean AVL_API_PORT?"
+
+
+def test_avl_variables_of_the_tests_and_tools_are_not_settings_and_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AVL_CONFIG", "AVL_TEST_DATABASE_URL", "AVL_SOAK_SECONDS", "AVL_FUZZ_EXAMPLES", "AVL_CHROMIUM",
+                 "AVL_VECTORS", "AVL_SCHEMATHESIS_SEED", "AVL_PG_BINDIR", "AVL_DOMAIN"):
+        monkeypatch.setenv(name, "x" if name != "AVL_CONFIG" else "")
+    load_settings()
+
+
+def test_a_mistyped_key_in_the_toml_file_is_named_as_written_there(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "avl.toml"
     conf.write_text("api_prot = 9000\n")
     monkeypatch.setenv("AVL_CONFIG", str(conf))
-    with pytest.raises(ConfigError, match="AVL_API_PROT"):
+    with pytest.raises(ConfigError) as err:
         load_settings()
+    assert str(err.value) == f"{conf}: api_prot: unknown setting; did you mean api_port?"
+
+
+def test_a_bad_value_in_the_toml_file_is_named_by_its_key_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "avl.toml"
+    conf.write_text('api_port = "eighty"\n')
+    monkeypatch.setenv("AVL_CONFIG", str(conf))
+    with pytest.raises(ConfigError, match=f"^{conf}: api_port: "):
+        load_settings()
+    monkeypatch.setenv("AVL_API_PORT", "ninety")  # the environment wins, and is named when it is wrong
+    with pytest.raises(ConfigError, match="^AVL_API_PORT: "):
+        load_settings()
+
+
+def test_the_data_directory_is_absolute_from_where_avl_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().data_dir == tmp_path / "var"  # initdb runs from /: a relative path would miss
+    monkeypatch.setenv("AVL_DATA_DIR", "data/../state")
+    assert load_settings().data_dir == tmp_path / "state"
 
 
 def test_unreadable_or_invalid_toml_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

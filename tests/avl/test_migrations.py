@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from avl.db import policies
 from avl.db.migrate import available, migrate, plan, storage_mode
@@ -129,3 +130,12 @@ def test_hourly_report_counts_per_device(db_url: str) -> None:
         row = conn.execute("SELECT reports, valid_reports FROM positions_hourly WHERE device_id = %s AND hour = %s",
                            (device, hour)).fetchone()
         assert row == (3, 3)
+
+
+def test_a_device_password_is_admitted_only_where_the_protocol_carries_one(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO devices (identifier, protocol) VALUES ('1', 'wialon'), ('2', 'jt808'), ('3', 'gt06')")
+        for identifier in ("1", "2"):  # Wialon's login password, JT808's authentication code
+            conn.execute("UPDATE devices SET password_sha256 = sha256('x') WHERE identifier = %s", (identifier,))
+        with pytest.raises(psycopg.errors.CheckViolation):  # GT06 carries none: it could never be checked
+            conn.execute("UPDATE devices SET password_sha256 = sha256('x') WHERE identifier = '3'")
