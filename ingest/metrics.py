@@ -19,6 +19,21 @@ QUEUE_ROWS = Gauge("avl_writer_queue_rows", "Rows waiting for the writer")
 SPOOL_BYTES = Gauge("avl_spool_bytes", "Bytes in the spool waiting for the database")
 DATABASE_UP = Gauge("avl_database_up", "1 when the writer's database connection works")
 CONNECTIONS = Gauge("avl_open_connections", "Open device connections", ["protocol"])
+REFUSED_SOURCES = Counter("avl_refused_sources_total",
+                          "Connections and datagrams refused: their source is not in the allowed networks",
+                          ["protocol", "transport"])
+QUARANTINED = Counter("avl_quarantined_total", "Reports kept in positions_quarantine, by reason", ["protocol", "reason"])
+JUMP_REANCHORED = Counter("avl_jump_reanchored_total",
+                          "Devices whose trusted fixes the jump check replaced with consecutive reports that agree"
+                          " with each other but not with them", ["protocol"])
+UDP_REPLIES_DROPPED = Counter("avl_udp_replies_dropped_total",
+                              "UDP replies not sent because they were larger than the datagram they answer",
+                              ["protocol"])
+UNKNOWN_DROPPED = Counter("avl_unknown_sightings_dropped_total", "Unknown-device sightings not recorded",
+                          ["protocol", "reason"])
+UNKNOWN_RAW_CUT = Counter("avl_unknown_raw_truncated_total", "Unknown-device frames stored cut to their first bytes",
+                          ["protocol"])
+UNKNOWN_EXPIRED = Counter("avl_unknown_sightings_expired_total", "Unknown-device sightings deleted after retention")
 
 
 # Labelled children, cached: ``labels()`` costs more than the increment on the hot path.
@@ -30,3 +45,8 @@ def frames(protocol: str, transport: str) -> Counter:
 @cache
 def routed(protocol: str, destination: str) -> Counter:
     return POSITIONS.labels(protocol, destination)
+
+
+@cache
+def quarantined(protocol: str, reason: str) -> Counter:
+    return QUARANTINED.labels(protocol, reason)

@@ -1,22 +1,27 @@
 """From decoded records to rows: identify the device, validate, flag, and route each
 record to positions, device events or quarantine. Nothing is silently dropped: every
 record ends in a table or is refused with a reason the transport can count and log.
+A report that would need an impossible speed from the device's trusted fixes is kept,
+acknowledged and quarantined (``implausible_jump``), not trusted, unless it completes a run of
+reports that agree with each other: those replace the trusted fixes (``JumpCheck``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from avl.records import Position
+from ingest.sources import OncePer
 
 log = logging.getLogger("avl.ingest")
 
@@ -29,6 +34,11 @@ FLAG_VALUE_DROPPED = 16  # a field was out of its column's range and was dropped
 
 BUFFERED_AFTER = timedelta(minutes=5)
 FUTURE_LIMIT = timedelta(days=1)
+
+EARTH_RADIUS_M = 6_371_008.8
+# A jump must exceed this on top of what the speed allows: GPS error and cell-based fixes
+# put consecutive reports of a parked vehicle hundreds of metres apart.
+JUMP_TOLERANCE_M = 1000.0
 
 _INT2 = 32767
 _INT4 = 2_147_483_647
@@ -93,10 +103,165 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value.replace("\x00", "")
 
 
-def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, batch: Batch) -> str:
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine) in metres."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    a = (math.sin((phi2 - phi1) / 2) ** 2
+         + math.cos(phi1) * math.cos(phi2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+Fix = tuple[float, float, float]  # fix time (epoch seconds), latitude, longitude
+
+
+@dataclass(slots=True)
+class Jump:
+    """The jump check's word on a fix that disagrees with the device's trusted fixes. ``trusted``
+    False: quarantine it, ``record`` says why; True: it completed a run of reports that agree with
+    each other and they are trusted instead (re-anchored), ``record`` says what was given up."""
+
+    trusted: bool
+    record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive reports of one device that agree with each other but not with its trusted fixes."""
+
+    fixes: list[Fix]  # the latest few, by fix time
+    reports: int  # distinct fix times in the run
+    first_t: float
+    last_t: float
+
+
+class JumpCheck:
+    """Implausible jumps: a fix that would need more than ``max_speed_kmh`` (plus
+    ``JUMP_TOLERANCE_M``) to be reached from the device's trusted fixes nearest to it in fix
+    time, the one before and the one after, is not trusted.
+
+    Comparing by fix time against the neighbours in time keeps buffered and out-of-order data
+    normal, and the distance allowed grows with the gap, so the first fix after a long silence
+    may be far away. Trusted fixes: valid ones that passed (a few per device, in memory), and at
+    start each device's latest position. Coordinates 0,0 (flagged already) are not compared.
+
+    Re-anchoring: a wrong trusted fix (a forged report after a silence, a bad fix, a stale latest
+    position at start) would otherwise quarantine the device's own reports until the gap allows
+    the distance. So valid fixes that fail are grouped into runs of fixes plausible among
+    themselves (by the same rule); when ``REANCHOR_REPORTS`` consecutive reports form one run
+    spanning at least ``REANCHOR_SPAN_S`` of fix time, the run becomes the trusted fixes and its
+    last report is kept as a position. Any valid fix that passes against the trusted fixes ends
+    the runs: a lone outlier in a live track (or a forger's burst shorter than the rule) stays
+    quarantined. A report of another run in between does not end a run, so an outlier cannot
+    delay the recovery.
+    """
+
+    KEEP = 3  # trusted fixes kept per device
+    REANCHOR_REPORTS = 3  # consecutive agreeing reports (distinct fix times) that replace the trusted fixes
+    REANCHOR_SPAN_S = 30.0  # ... spanning at least this much fix time (a burst or retransmissions are not enough)
+    RUNS = 3  # runs kept per device
+
+    def __init__(self, max_speed_kmh: float, tolerance_m: float = JUMP_TOLERANCE_M) -> None:
+        self.max_speed_mps = max_speed_kmh / 3.6
+        self.tolerance_m = tolerance_m
+        self._fixes: dict[int, list[Fix]] = {}
+        self._runs: dict[int, list[_Run]] = {}
+        self._logged = OncePer()
+
+    async def load(self, database_url: str) -> int:
+        """Seeds each device's latest valid position; returns how many."""
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+            cur = await conn.execute("SELECT device_id, fix_time, latitude, longitude FROM latest_positions"
+                                     " WHERE valid AND NOT (latitude = 0 AND longitude = 0)")
+            rows = await cur.fetchall()
+        for device_id, fix_time, lat, lon in rows:
+            _keep(self._fixes.setdefault(int(device_id), []), (fix_time.timestamp(), float(lat), float(lon)), self.KEEP)
+        return len(rows)
+
+    def assess(self, device_id: int, fix_time: datetime, lat: float, lon: float, valid: bool,
+               device: str = "") -> Jump | None:
+        """None when the fix agrees with the device's trusted fixes (a valid one becomes trusted),
+        else what to do with it (see ``Jump``). ``device`` names it in the log."""
+        if lat == 0 and lon == 0:
+            return None
+        fix = (fix_time.timestamp(), lat, lon)
+        fixes = self._fixes.get(device_id)
+        jump = self._implausible(fixes, fix) if fixes else None
+        if jump is None:
+            if valid:
+                _keep(self._fixes.setdefault(device_id, []), fix, self.KEEP)
+                if device_id in self._runs:
+                    del self._runs[device_id]  # the trusted fixes are confirmed: the runs were outliers
+            return None
+        if not valid:
+            return Jump(False, jump)
+        run = self._join(device_id, fix)
+        if run.reports < self.REANCHOR_REPORTS or run.last_t - run.first_t < self.REANCHOR_SPAN_S:
+            jump["agreeing_reports"] = run.reports
+            return Jump(False, jump)
+        self._fixes[device_id] = run.fixes
+        del self._runs[device_id]
+        record = {"reports": run.reports, "span_s": run.last_t - run.first_t, "given_up": jump["from"],
+                  "distance_m": jump["distance_m"]}
+        if self._logged(f"reanchor {device_id}"):
+            log.warning("device %s (id %s): %s reports over %.0f s agree with each other but not with its trusted fix"
+                        " of %s at %.5f,%.5f (%.0f km away); trusting them instead (logged once per %.0f s per"
+                        " device)", device or "?", device_id, run.reports, record["span_s"], jump["from"]["fix_time"],
+                        jump["from"]["latitude"], jump["from"]["longitude"], jump["distance_m"] / 1000,
+                        self._logged.period_s)
+        return Jump(True, record)
+
+    def _implausible(self, fixes: list[Fix], fix: Fix) -> dict[str, Any] | None:
+        """Why ``fix`` cannot follow or precede its neighbours in fix time among ``fixes``, or None."""
+        t, lat, lon = fix
+        after = bisect.bisect_left(fixes, t, key=_fix_time)
+        for i in (after - 1, after):
+            if not 0 <= i < len(fixes):
+                continue
+            t0, lat0, lon0 = fixes[i]
+            gap_s = abs(t - t0)
+            moved_m = distance_m(lat0, lon0, lat, lon)
+            if moved_m > self.tolerance_m + self.max_speed_mps * gap_s:
+                return {"speed_kmh": round(moved_m / gap_s * 3.6, 1) if gap_s else None,
+                        "distance_m": round(moved_m), "gap_s": gap_s,
+                        "from": {"fix_time": datetime.fromtimestamp(t0, UTC).isoformat(),
+                                 "latitude": lat0, "longitude": lon0}}
+        return None
+
+    def _join(self, device_id: int, fix: Fix) -> _Run:
+        """The run ``fix`` agrees with, now including it, or a new run of its own."""
+        runs = self._runs.setdefault(device_id, [])
+        t = fix[0]
+        for run in runs:
+            if self._implausible(run.fixes, fix) is None:
+                if all(f[0] != t for f in run.fixes):  # a retransmission is not another report
+                    run.reports += 1
+                    run.first_t, run.last_t = min(run.first_t, t), max(run.last_t, t)
+                    _keep(run.fixes, fix, self.KEEP)
+                return run
+        run = _Run([fix], 1, t, t)
+        runs.append(run)
+        if len(runs) > self.RUNS:
+            del runs[0]
+        return run
+
+
+def _keep(fixes: list[Fix], fix: Fix, keep: int) -> None:
+    """Adds ``fix`` in fix-time order, keeping the latest ``keep``."""
+    bisect.insort(fixes, fix, key=_fix_time)
+    if len(fixes) > keep:
+        del fixes[0]
+
+
+def _fix_time(fix: Fix) -> float:
+    return fix[0]
+
+
+def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, batch: Batch,
+          jumps: JumpCheck | None = None) -> str:
     """Adds ``p`` to ``batch`` as a position, a status event or a quarantined record.
 
-    Returns where it went: "position", "event" or "quarantine:<reason>".
+    Returns where it went: "position", "position:reanchored" (the jump check now trusts the run of
+    reports it completes; see ``JumpCheck``), "event" or "quarantine:<reason>".
     """
     attributes = dict(p.attributes)
     if not p.located:
@@ -109,15 +274,20 @@ def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, 
     lat, lon = p.latitude, p.longitude
     assert lat is not None and lon is not None
     reason = None
+    jump = None
     if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
         reason = "coordinates"
     elif p.fix_time > received_at + FUTURE_LIMIT:
         reason = "future"
     elif p.fix_time < oldest:
         reason = "too_old"
+    elif jumps is not None and (jump := jumps.assess(device_id, p.fix_time, lat, lon, p.valid, p.device)) is not None:
+        reason = None if jump.trusted else "implausible_jump"
     if reason is not None:
         record = {"protocol": p.protocol, "valid": p.valid, "speed_kmh": _finite(p.speed_kmh), "course": _finite(p.course),
                   "satellites": p.satellites, "ignition": p.ignition, "alarm": p.alarm, "attributes": attributes}
+        if jump is not None:
+            record["jump"] = jump.record
         batch.quarantine.append((device_id, p.fix_time, received_at, reason,
                                  lat if math.isfinite(lat) else None, lon if math.isfinite(lon) else None,
                                  attributes_json(record), p.raw or None))
@@ -142,41 +312,84 @@ def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, 
         _finite(p.altitude_m), satellites, _finite(p.hdop), p.ignition, power, battery, odometer, _text(p.alarm),
         flags, p.protocol, attributes_json(attributes), p.raw or None,
     ))
-    return "position"
+    return "position:reanchored" if jump is not None else "position"
+
+
+# Keys of ``devices.options`` that are not a decoder's: diagnostics' SMS command password. Migration
+# 0016's notice leaves the same keys out.
+_NOT_DECODER_OPTIONS = ("sms_password",)
+_DEVICES = "SELECT identifier, protocol, id, password_sha256, options FROM devices"
+# What a device without options decodes with: shared, never written (decoders only read options).
+NO_OPTIONS: dict[str, Any] = {}
+
+
+def decoder_options(value: Any) -> dict[str, Any]:
+    """The decoder options among a device's ``options`` (``NO_OPTIONS`` when there are none)."""
+    if not isinstance(value, dict):
+        return NO_OPTIONS
+    found = {key: v for key, v in value.items() if key not in _NOT_DECODER_OPTIONS}
+    return found or NO_OPTIONS
 
 
 class DeviceDirectory:
-    """Device identifier (as the terminal sends it) and protocol -> device id.
+    """Device identifier (as the terminal sends it) and protocol -> device id, and the
+    devices' password hashes (``devices.password_sha256``) and decoder options
+    (``devices.options``, which intake puts in the session of the device's connection).
 
     Loaded whole at start and refreshed incrementally, so registered devices are known
     even while the database is unreachable (their reports are then spooled). A miss is
     looked up once and remembered for ``negative_ttl_s`` so a newly registered device is
-    picked up quickly while a scanner's random identifiers cost one query each.
+    picked up quickly while a scanner's random identifiers cost one query each. Passwords
+    and options are reloaded whole on each refresh (only the devices that have some) and
+    follow each change notice (migration 0016 sends the options with it).
     """
 
     def __init__(self, database_url: str, negative_ttl_s: float = 30.0) -> None:
         self.database_url = database_url
         self.negative_ttl_s = negative_ttl_s
         self._ids: dict[tuple[str, str], int] = {}
+        self._passwords: dict[int, bytes] = {}
+        self._options: dict[int, dict[str, Any]] = {}
         self._misses: dict[tuple[str, str], float] = {}
         self._max_id = 0
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
-        await self._fetch("SELECT identifier, protocol, id FROM devices WHERE id > %s", (self._max_id,))
-
-    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[str, str, int]]:
+        """New devices since the last load, and every password and every device's options (a change
+        to one is a notice, but a notice can be missed)."""
         async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
-            cur = await conn.execute(sql, params)
+            cur = await conn.execute(_DEVICES + " WHERE id > %s", (self._max_id,))
+            self._add(await cur.fetchall())
+            cur = await conn.execute("SELECT id, password_sha256 FROM devices WHERE password_sha256 IS NOT NULL")
+            self._passwords = {int(device_id): bytes(digest) for device_id, digest in await cur.fetchall()}
+            cur = await conn.execute("SELECT id, options FROM devices WHERE options <> '{}'::jsonb")
             rows = await cur.fetchall()
-        for identifier, protocol, device_id in rows:
+        options: dict[int, dict[str, Any]] = {}
+        for device_id, value in rows:
+            found = decoder_options(value)
+            before = self._options.get(device_id)
+            if found:
+                options[device_id] = before if before == found else found  # unchanged: the same object
+        self._options = options
+
+    def _add(self, rows: list[tuple[Any, ...]]) -> None:
+        for identifier, protocol, device_id, digest, found in rows:
+            self._set_password(device_id, digest)
+            self._set_options(device_id, found)
             self._ids[(identifier, protocol)] = device_id
             self._misses.pop((identifier, protocol), None)
             self._max_id = max(self._max_id, device_id)
-        return rows
 
     def cached(self, identifier: str, protocol: str) -> int | None:
         return self._ids.get((identifier, protocol))
+
+    def password_sha256(self, device_id: int) -> bytes | None:
+        """The SHA-256 of the device's password, or None when it needs none."""
+        return self._passwords.get(device_id)
+
+    def options(self, device_id: int) -> dict[str, Any]:
+        """The device's decoder options (``devices.options``); the same object until they change."""
+        return self._options.get(device_id, NO_OPTIONS)
 
     async def lookup(self, identifier: str, protocol: str) -> int | None:
         key = (identifier, protocol)
@@ -188,8 +401,11 @@ class DeviceDirectory:
             return None
         async with self._lock:
             try:
-                rows = await self._fetch("SELECT identifier, protocol, id FROM devices WHERE identifier = %s AND protocol = %s",
-                                         (identifier, protocol))
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
+                                                                 connect_timeout=5) as conn:
+                    cur = await conn.execute(_DEVICES + " WHERE identifier = %s AND protocol = %s", (identifier, protocol))
+                    rows = await cur.fetchall()
+                self._add(rows)
             except psycopg.Error as exc:
                 log.warning("device lookup for %s (%s) failed, database unreachable: %s", identifier, protocol, exc)
                 return None
@@ -199,6 +415,19 @@ class DeviceDirectory:
             self._misses[key] = time.monotonic()
             return None
         return int(rows[0][2])
+
+    def _set_password(self, device_id: int, digest: bytes | None) -> None:
+        if digest:
+            self._passwords[device_id] = bytes(digest)
+        else:
+            self._passwords.pop(device_id, None)
+
+    def _set_options(self, device_id: int, value: Any) -> None:
+        found = decoder_options(value)
+        if not found:
+            self._options.pop(device_id, None)
+        elif found != self._options.get(device_id):  # unchanged options stay the same object
+            self._options[device_id] = found
 
     async def refresh_forever(self, every_s: float = 30.0) -> None:
         """Keeps the directory current: a registration is picked up at once (NOTIFY avl_devices),
@@ -221,8 +450,14 @@ class DeviceDirectory:
         try:
             data = json.loads(payload)
             key = (str(data["identifier"]), str(data["protocol"]))
-            self._ids[key] = int(data["id"])
+            device_id = int(data["id"])
+            digest = bytes.fromhex(data["password_sha256"]) if data.get("password_sha256") else None
         except (ValueError, KeyError, TypeError):
             return
+        # The password and the options first: a report must not find the device before them.
+        self._set_password(device_id, digest)
+        if "options" in data:
+            self._set_options(device_id, data["options"])
+        self._ids[key] = device_id
         self._misses.pop(key, None)
         self._max_id = max(self._max_id, int(data["id"]))

@@ -1,5 +1,6 @@
 """The ingest service: listeners for every enabled protocol, MQTT input, the writer, the
-spool, metrics, and the partition upkeep. ``run()`` is what `avl ingest` runs."""
+spool, metrics, and the upkeep (partitions, expired unknown-device sightings). ``run()`` is
+what `avl ingest` runs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from psycopg.types.json import Jsonb
 from avl.config import ConfigError, Settings
 from avl.db import connect, first_line, policies
 from avl.observability import serve_metrics
+from ingest import metrics
 from ingest.intake import Intake
 from ingest.pipeline import DeviceDirectory
 from ingest.protocols import get
@@ -50,23 +52,32 @@ class IngestService:
         except psycopg.Error as exc:
             log.warning("device directory not loaded (%s); devices are looked up as they connect", first_line(exc))
         await self.writer.start()
-        self.intake = Intake(self.writer, directory, s.retention_days)
+        self.intake = Intake(self.writer, directory, s.retention_days, max_speed_kmh=s.jump_max_speed_kmh,
+                             unknown_per_source_per_minute=s.unknown_per_source_per_minute)
+        if self.intake.jumps is not None:
+            try:
+                await self.intake.jumps.load(self.database_url)
+            except psycopg.Error as exc:
+                log.warning("latest positions not loaded for the jump check (%s); it starts from the next reports",
+                            first_line(exc))
         try:
             for name in s.protocols:
                 port = s.port_for(name)
                 if port == 0:
                     continue
                 protocol = get(name)
+                allow = s.ingest_allow_by_protocol.get(name, s.ingest_allow)
                 stream = "http" if "http" in protocol.transports else ("tcp" if "tcp" in protocol.transports else None)
                 if stream:
                     listener = TcpListener(protocol, self.intake, s.ingest_host, port, transport=stream,
                                            idle_timeout_s=s.idle_timeout_s, max_frame=s.max_frame_bytes,
                                            max_per_source=s.max_connections_per_source,
-                                           proxy_protocol=s.proxy_protocol)
+                                           proxy_protocol=s.proxy_protocol, allow=allow)
                     await listener.start()
                     self.tcp[name] = listener
                 if s.udp and "udp" in protocol.transports:
-                    udp = UdpListener(protocol, self.intake, s.ingest_host, port, max_frame=s.max_frame_bytes)
+                    udp = UdpListener(protocol, self.intake, s.ingest_host, port, max_frame=s.max_frame_bytes,
+                                      allow=allow)
                     await udp.start()
                     self.udp[name] = udp
         except OSError as exc:
@@ -83,13 +94,28 @@ class IngestService:
         log.info("ingest listening: %s%s", ", ".join(listening), f"; MQTT {self.mqtt.subscription}" if self.mqtt else "")
 
     async def _upkeep(self) -> None:
-        """Partitions ahead and retention, hourly (TimescaleDB runs its own jobs)."""
+        """Expired unknown-device sightings at start, then hourly with partitions ahead and
+        retention (TimescaleDB runs its own jobs for those)."""
         while True:
+            try:
+                await asyncio.to_thread(self._expire_sightings)
+            except (psycopg.Error, ConfigError) as exc:
+                log.warning("unknown-device sightings not expired: %s", first_line(exc))
             await asyncio.sleep(3600)
             try:
                 await asyncio.to_thread(self._apply_policies)
             except (psycopg.Error, ConfigError) as exc:
                 log.warning("partition upkeep failed: %s", exc)
+
+    def _expire_sightings(self) -> None:
+        with connect(self.database_url) as conn:
+            cur = conn.execute("DELETE FROM unknown_devices WHERE last_seen < now() - make_interval(days => %s)",
+                               (self.settings.unknown_retention_days,))
+            conn.commit()
+        if cur.rowcount > 0:
+            metrics.UNKNOWN_EXPIRED.inc(cur.rowcount)
+            log.info("unknown devices: %s sightings older than %s days deleted", cur.rowcount,
+                     self.settings.unknown_retention_days)
 
     async def _heartbeat(self, every_s: float = 5.0) -> None:
         """Tells the platform-health check this process is alive, and how far behind it is."""

@@ -60,6 +60,12 @@ SQL_HEARD = (
     " FROM (SELECT device_id, max(received_at) AS received_at FROM staging_positions GROUP BY device_id) s"
     " WHERE l.device_id = s.device_id AND l.last_received_at < s.received_at"
 )
+# A heartbeat or a status report without a fix shows the terminal is alive too.
+SQL_HEARD_EVENTS = (
+    "UPDATE latest_positions l SET last_received_at = e.received_at"
+    " FROM unnest(%s::int8[], %s::timestamptz[]) AS e (device_id, received_at)"
+    " WHERE l.device_id = e.device_id AND l.last_received_at < e.received_at"
+)
 SQL_EVENT = (
     "INSERT INTO device_events (device_id, time, received_at, kind, alarm, ignition, power_mv, battery_mv, attributes, raw)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
@@ -395,6 +401,11 @@ class Writer:
                     cur.execute("TRUNCATE staging_positions")
                 if batch.events:
                     cur.executemany(SQL_EVENT, batch.events)
+                    heard: dict[int, datetime] = {}
+                    for event in batch.events:
+                        if event[0] not in heard or heard[event[0]] < event[2]:
+                            heard[event[0]] = event[2]
+                    cur.execute(SQL_HEARD_EVENTS, (list(heard), list(heard.values())))
                 if batch.quarantine:
                     cur.executemany(SQL_QUARANTINE, batch.quarantine)
                 if batch.unknown:

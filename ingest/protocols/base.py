@@ -61,6 +61,9 @@ class Session:
     options: dict[str, Any] = field(default_factory=dict)
     # Protocol-private state between frames (e.g. gt06 time zone, h02 frame size).
     state: dict[str, Any] = field(default_factory=dict)
+    # A password or authentication word this frame carried (calamp, osmand). Intake clears it
+    # before each frame and checks it against the device's; it is never stored.
+    credential: str | None = None
     now: Callable[[], datetime] = _utcnow
 
 
@@ -73,6 +76,9 @@ class DecodeResult:
 
     positions: list[Position] = field(default_factory=list)
     reply: bytes | None = None
+    # What the device is told instead when intake refuses the frame's password (Wialon's
+    # ``#AL#01``, JT808's failed general response); the connection is then closed.
+    refusal: bytes | None = None
 
 
 class Protocol:
@@ -175,6 +181,14 @@ def nmea_degrees(value: str, hemisphere: str = "") -> float:
     if hemisphere in ("S", "W", "s", "w"):
         result = -result
     return result
+
+
+def nmea_text(value: float, degree_digits: int, decimals: int = 4) -> str:
+    """``abs(value)`` as NMEA ``d..dmm.mmmm`` (the encoders' inverse of ``nmea_degrees``)."""
+    scale = 10**decimals
+    units = round(abs(value) * 60 * scale)  # minutes in 1/scale
+    degrees, rest = divmod(units, 60 * scale)
+    return f"{degrees:0{degree_digits}d}{rest // scale:02d}.{rest % scale:0{decimals}d}"
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,

@@ -6,7 +6,8 @@ Datagram (big-endian)
         u8 options: bit 0 mobile ID | 1 mobile ID type | 2 authentication | 3 routing |
                     4 forwarding | 5 response redirection | 6 options extension | 7 always set
         each present field: u8 length + bytes; the mobile ID is packed BCD/hex digits padded with
-        ``f`` (e.g. ``46 43 58 63 40`` -> ESN "4643586340", ``35 33 ... 58 0f`` -> IMEI)
+        ``f`` (e.g. ``46 43 58 63 40`` -> ESN "4643586340", ``35 33 ... 58 0f`` -> IMEI); the
+        authentication field is the authentication word the unit is configured with (4 bytes)
     Message header: u8 service type (0 unacknowledged, 1 acknowledged request, 2 response) |
         u8 message type | u16 sequence number
 
@@ -32,6 +33,9 @@ Reply: service type 1 -> ``02 01 <seq u16> <message type> 00 00 00 00 00`` (ACK 
 Decisions
     * The mobile ID sets ``session.device``; only trailing ``f`` padding nibbles are removed (the
       reference server removes every ``f``, which would corrupt hex identifiers).
+    * The authentication word is the device's password: ``session.credential`` is its hex
+      (lowercase), which intake checks against the device's; the raw bytes stored with the
+      records have it zeroed.
     * ``fix_time`` is the update time, as the reference server does (the time of fix repeats for
       every report sent while GPS is lost). HDOP is scaled by 0.1 as the LMDirect manual says.
     * ID reports and other message types yield no record (still ACKed when requested).
@@ -125,7 +129,7 @@ class CalAmpProtocol(Protocol):
             raise self.error(f"datagram of {len(frame)} bytes is larger than {self.max_frame}", frame[:64])
         buf = _Reader(frame)
         if buf.peek() & 0x80:
-            self._options_header(buf, session, frame)
+            frame = self._options_header(buf, session, frame)
         if buf.left < 4:
             raise self.error("truncated message header", frame)
         service, message_type, sequence = buf.u8(), buf.u8(), int(buf.read("H"))
@@ -138,16 +142,23 @@ class CalAmpProtocol(Protocol):
             return DecodeResult([self._mini_event(buf, session, frame)], reply)
         return DecodeResult(reply=reply)
 
-    def _options_header(self, buf: _Reader, session: Session, frame: bytes) -> None:
+    def _options_header(self, buf: _Reader, session: Session, frame: bytes) -> bytes:
+        """Reads the options header; returns the frame to keep as raw (authentication word zeroed)."""
         options = buf.u8()
         mobile_id: str | None = None
         for bit in range(7):
             if options & (1 << bit):
-                value = buf.take(buf.u8())
+                length = buf.u8()
+                start = buf.pos
+                value = buf.take(length)
                 if bit == 0:
                     mobile_id = value.hex().rstrip("f")
+                elif bit == 2:
+                    session.credential = value.hex()
+                    frame = frame[:start] + bytes(length) + frame[start + length:]
         if mobile_id:
             session.device = mobile_id
+        return frame
 
     def _report(self, buf: _Reader, message_type: int, session: Session, frame: bytes) -> Position:
         update_time, _fix_time = buf.read("I"), buf.read("I")
@@ -225,7 +236,7 @@ def _accumulators(buf: _Reader, count: int, attrs: dict[str, Any]) -> None:
 # Encoders (device simulator) ------------------------------------------------------------
 
 
-def _options_header(device: str) -> bytes:
+def _options_header(device: str, auth: bytes | None = None) -> bytes:
     digits = device.lower()
     if not digits or any(c not in "0123456789abcdef" for c in digits):
         raise ValueError(f"CalAmp mobile ID must be decimal or hex digits, got {device!r}")
@@ -233,11 +244,12 @@ def _options_header(device: str) -> bytes:
         digits += "f"
     mobile_id = bytes.fromhex(digits)
     id_type = MOBILE_ID_IMEI if len(device) == 15 else MOBILE_ID_ESN
-    return bytes([0x83, len(mobile_id)]) + mobile_id + bytes([1, id_type])
+    header = bytes([0x87 if auth else 0x83, len(mobile_id)]) + mobile_id + bytes([1, id_type])
+    return header + bytes([len(auth)]) + auth if auth else header
 
 
-def _header(p: Position, message_type: int, sequence: int) -> bytes:
-    return _options_header(p.device) + struct.pack(">BBH", SERVICE_ACKNOWLEDGED, message_type, sequence & 0xFFFF)
+def _header(p: Position, message_type: int, sequence: int, auth: bytes | None = None) -> bytes:
+    return _options_header(p.device, auth) + struct.pack(">BBH", SERVICE_ACKNOWLEDGED, message_type, sequence & 0xFFFF)
 
 
 def _clamp(value: float, low: int, high: int) -> int:
@@ -249,8 +261,9 @@ def encode_login(device: str) -> bytes | None:
     return None
 
 
-def encode_position(p: Position, sequence: int = 0) -> bytes:
-    """An acknowledged event report (service type 1, message type 2) for ``p``."""
+def encode_position(p: Position, sequence: int = 0, auth: bytes | None = None) -> bytes:
+    """An acknowledged event report (service type 1, message type 2) for ``p``, with the
+    authentication word ``auth`` in the options header when given."""
     seconds = int(p.fix_time.timestamp())
     body = struct.pack(
         ">IIiiiIhBBHhBBBBBBBB",
@@ -274,7 +287,7 @@ def encode_position(p: Position, sequence: int = 0) -> bytes:
         0,  # no accumulators
         0,  # append
     )
-    return _header(p, MSG_EVENT_REPORT, sequence) + body
+    return _header(p, MSG_EVENT_REPORT, sequence, auth) + body
 
 
 def encode_mini_event(p: Position, sequence: int = 0) -> bytes:

@@ -10,17 +10,25 @@ keep-alive connection; the reply is the complete HTTP response.
                                (UTC, or the ``timezone`` option)
         speed (knots), bearing | heading, altitude (m), accuracy (m), hdop, batt (%),
         charge, valid, driverUniqueId, cell=mcc,mnc,lac,cid[,rssi], wifi=mac,rssi,
+        password               the device's password (never stored; see below)
         anything else -> attribute (number, boolean or string)
     POST application/json (Transistorsoft background-geolocation)
         device_id, location{timestamp, coords{latitude, longitude, speed m/s, heading,
         accuracy, altitude}, is_moving, odometer (m), event, battery{level 0-1,
         is_charging}, activity{type}, mock, extras{...}} (``location`` may be a list)
+        password (top level)   the device's password
     Reply  200 OK (empty body); 400 Bad Request (text/plain reason) for a missing id or
            unreadable values, with no records.
+
+Password: the apps send whatever URL they are configured with, so a phone can carry its
+device's password as a ``password`` parameter (query, form or JSON body) or as HTTP Basic
+credentials (``Authorization: Basic base64(id:password)``). It becomes ``session.credential``
+(intake checks it) and is masked with ``*`` in the raw request kept with the records.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -43,6 +51,12 @@ from ingest.protocols.base import (
 _REQUEST_LINE = re.compile(r"([A-Z]{3,10}) (\S+) HTTP/(\d)\.(\d)", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+# Where a password sits in a raw request (group 2 is masked, keeping the length).
+_SECRETS = (
+    re.compile(rb"((?:^|[?&\s])password=)([^&\s#]*)"),
+    re.compile(rb'("password"\s*:\s*")((?:[^"\\]|\\.)*)'),
+    re.compile(rb"(\r\nauthorization:[ \t]*)([^\r\n]*)", re.IGNORECASE),
+)
 _MPS_TO_KMH = 3.6
 _INT_MAX = 2**31 - 1
 
@@ -173,6 +187,10 @@ class OsmAndProtocol(Protocol):
             return DecodeResult([], response("400 Bad Request", f"unreadable value: {exc}\n".encode(),
                                              close=request.close))
         session.device = device
+        if session.credential is None:
+            session.credential = _basic_password(request)
+        if session.credential is not None:
+            frame = _masked(frame)
         positions = [self._position(report, frame, session) for report in reports]
         return DecodeResult(positions, response("200 OK", close=request.close))
 
@@ -183,7 +201,7 @@ class OsmAndProtocol(Protocol):
         query = urlsplit(request.target).query
         body = request.body.strip()
         if content_type == "application/json" or (not query and body.startswith(b"{")):
-            return _read_json(body)
+            return _read_json(body, session)
         if not query and body:
             query = body.decode("latin-1")
         params = parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="replace")
@@ -205,6 +223,26 @@ class OsmAndProtocol(Protocol):
             attributes=report.attributes,
             **fields,
         )
+
+
+def _basic_password(request: Request) -> str | None:
+    """The password of ``Authorization: Basic`` credentials, if the request has them."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+def _masked(frame: bytes) -> bytes:
+    """``frame`` with every password in it replaced by as many ``*``."""
+    for pattern in _SECRETS:
+        frame = pattern.sub(lambda m: m[1] + b"*" * len(m[2]), frame)
+    return frame
 
 
 def _looks_like_request_start(line: bytes, complete: bool) -> bool:
@@ -339,6 +377,8 @@ def _read_query(params: list[tuple[str, str]], session: Session) -> tuple[str, l
             report.attributes["charge"] = _boolean(value)
         elif key == "driverUniqueId":
             report.attributes["driverUniqueId"] = value
+        elif key == "password":
+            session.credential = value
         elif key:
             _other(report, key, value)
     if device is None:
@@ -396,7 +436,7 @@ def _json_number(value: Any, key: str) -> float | None:
     return float(value)
 
 
-def _read_json(body: bytes) -> tuple[str, list[_Report]]:
+def _read_json(body: bytes, session: Session) -> tuple[str, list[_Report]]:
     try:
         root = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -410,6 +450,8 @@ def _read_json(body: bytes) -> tuple[str, list[_Report]]:
         device = str(device).strip()
     else:
         raise BadRequest("missing device_id")
+    if isinstance(root.get("password"), str):
+        session.credential = root["password"]
     locations = root.get("location")
     if isinstance(locations, dict):
         locations = [locations]

@@ -3,7 +3,9 @@
 Per connection: frames are split from the stream, decoded and queued in order; their
 replies go out in the same order once durable. Bounded: frame size (a stream with no
 frame within the limit is cut off), idle time, connections per source address, and the
-time a slow reader may take to accept its ACKs.
+time a slow reader may take to accept its ACKs. A source outside the listener's allowed
+networks (the device's own address behind the PROXY protocol) is closed at once.
+A connection the server ends (a cut-off frame, a refusal) is ended in order: see ``_end``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from ingest import metrics
 from ingest.intake import Intake
 from ingest.protocols import FrameError, Protocol, Session
+from ingest.sources import SourceGate
 from ingest.transports.proxy import parse_proxy_header
 
 log = logging.getLogger("avl.ingest.tcp")
@@ -27,19 +30,29 @@ _HTTP_REFUSED = {
             b"Retry-After: 30\r\n\r\nreport not stored, try again\n",
     "bad": b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nbad request\n",
     "identity": b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 28\r\n\r\nconnection bound to another\n",
+    "password": b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 25\r\n"
+                b"WWW-Authenticate: Basic realm=\"avl\"\r\nConnection: close\r\n\r\ndevice password required\n",
 }
+# Refusals after which the connection is not trusted any more: it is closed.
+_CLOSING = ("connection is bound", "password")
 
 
 # A device that sends this many undecodable frames in a row is not a device we can serve.
 MAX_BAD_FRAMES = 32
 # ... or this many frames in a row that carry nothing (keep-alives), without a report between them.
 MAX_EMPTY_FRAMES = 256
+# Bytes-no-frame-starts-with skipped (one split each, often one byte each) before other connections get a turn.
+GARBAGE_SKIPS_PER_TURN = 512
+# How long, and how many bytes, a connection the server ends is read (and dropped) after its FIN: as much as
+# Linux's largest autotuned receive buffer (tcp_rmem max, 32 MiB) may hold; reading it costs milliseconds.
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 32 << 20
 
 
 class TcpListener:
     def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, transport: str = "tcp",
                  idle_timeout_s: float = 600.0, max_frame: int = 65536, max_per_source: int = 256,
-                 write_timeout_s: float = 30.0, proxy_protocol: bool = False) -> None:
+                 write_timeout_s: float = 30.0, proxy_protocol: bool = False, allow: list[str] | None = None) -> None:
         self.protocol = protocol
         self.intake = intake
         self.host = host
@@ -50,6 +63,7 @@ class TcpListener:
         self.max_per_source = max_per_source
         self.write_timeout_s = write_timeout_s
         self.proxy_protocol = proxy_protocol
+        self.gate = SourceGate(protocol.name, transport, allow or [])
         self.per_source: Counter[str] = Counter()
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -90,6 +104,10 @@ class TcpListener:
             if proxied is not None:
                 peer = proxied
         source = str(peer[0])
+        if not self.gate.admits(source):
+            self._connections.discard(task)
+            writer.close()
+            return
         if self.per_source[source] >= self.max_per_source:
             metrics.REFUSED.labels(self.protocol.name, "per_source_limit").inc()
             log.warning("%s: refusing connection from %s: %s connections already open", self.protocol.name, source,
@@ -110,6 +128,7 @@ class TcpListener:
         except FrameError as exc:
             metrics.REFUSED.labels(self.protocol.name, "frame_cut").inc()
             log.info("%s %s: %s; closing", self.protocol.name, session.remote, exc)
+            await _end(reader, writer)
         finally:
             gauge.dec()
             self.per_source[source] -= 1
@@ -139,7 +158,7 @@ class TcpListener:
         buffer = b""
         http = self.transport == "http"
         pending_first = first
-        garbage = failures = empty = 0
+        garbage = skips = failures = empty = 0
         while True:
             if pending_first:
                 chunk, pending_first = pending_first, b""
@@ -160,6 +179,9 @@ class TcpListener:
                     garbage += consumed
                     if garbage > self.max_frame:
                         raise FrameError(self.protocol.name, f"no frame in {garbage} bytes", buffer[:32])
+                    skips += 1
+                    if skips % GARBAGE_SKIPS_PER_TURN == 0:
+                        await asyncio.sleep(0)  # skipped a byte at a time, a chunk of noise takes 0.2 s: others go first
                     continue
                 garbage = 0
                 pending = await self.intake.frame(self.protocol, session, frame)
@@ -177,8 +199,8 @@ class TcpListener:
                 raise FrameError(self.protocol.name, f"no complete frame within {self.max_frame} bytes", buffer[:64])
             close = False
             for pending in pendings:
-                if (pending.refused or "").startswith("connection is bound"):
-                    close = True  # another device's identity on this connection: it is not trusted any more
+                if (pending.refused or "").startswith(_CLOSING):
+                    close = True  # another device's identity, or no password: it is not trusted any more
                 if await pending.accepted():
                     if pending.reply:
                         writer.write(pending.reply)
@@ -187,12 +209,38 @@ class TcpListener:
                 if pending.retry:  # other refusals are counted where they are decided (intake)
                     metrics.REFUSED.labels(self.protocol.name, "not_durable").inc()
                 log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)
+                if pending.denial and (pending.refused or "").startswith("password"):
+                    writer.write(pending.denial)  # the protocol's "wrong password" answer, then the close
                 if http:
                     writer.write(_HTTP_REFUSED[_http_reason(pending.refused or "")])
             if pendings:
                 await asyncio.wait_for(writer.drain(), self.write_timeout_s)
             if close:
+                await _end(reader, writer)
                 return
+
+
+async def _end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Ends a connection the server gives up on so that the peer sees the end (and the reply before it).
+
+    Closing a socket while bytes the peer sent are still unread makes the kernel answer with a reset
+    (RST) instead of an orderly end (FIN), and a reset can reach the peer before it has read what was
+    sent: it sees "connection reset", not the refusal and the end. A peer that kept writing while the
+    server was busy (an endless frame, a pipelined request) always leaves such bytes. So: FIN first,
+    then read and drop what still comes, for at most ``LINGER_S`` and ``LINGER_MAX_BYTES`` (the way
+    HTTP servers close: nginx's lingering_close); the caller then closes.
+    """
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    dropped = 0
+    with contextlib.suppress(TimeoutError, OSError, asyncio.IncompleteReadError):
+        async with asyncio.timeout(LINGER_S):
+            while dropped < LINGER_MAX_BYTES:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                dropped += len(chunk)
 
 
 def _http_reason(refused: str) -> str:
@@ -202,4 +250,6 @@ def _http_reason(refused: str) -> str:
         return "bad"
     if refused.startswith("connection is bound"):
         return "identity"
+    if refused.startswith("password"):
+        return "password"
     return "busy"

@@ -2,6 +2,9 @@
 
 UDP has no backpressure: when too many datagrams are in flight, new ones are counted and
 dropped unacknowledged (the device resends), rather than queued without bound.
+A UDP source address can be forged, so the listener must not be an amplifier: a datagram
+from outside the allowed networks gets nothing, and a reply larger than the datagram it
+answers is counted and not sent (the device resends; its report is stored once).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections import OrderedDict
 from ingest import metrics
 from ingest.intake import Intake
 from ingest.protocols import Protocol, Session
+from ingest.sources import SourceGate
 
 log = logging.getLogger("avl.ingest.udp")
 
 
 class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, max_frame: int = 65536,
-                 max_inflight: int = 10_000, max_sessions: int = 200_000) -> None:
+                 max_inflight: int = 10_000, max_sessions: int = 200_000, allow: list[str] | None = None) -> None:
         self.protocol = protocol
         self.intake = intake
         self.host = host
@@ -28,6 +32,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.max_sessions = max_sessions
+        self.gate = SourceGate(protocol.name, "udp", allow or [])
         self.sessions: OrderedDict[tuple[str, int], Session] = OrderedDict()
         self.transport: asyncio.DatagramTransport | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -50,6 +55,8 @@ class UdpListener(asyncio.DatagramProtocol):
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.gate.admits(addr[0]):
+            return
         if len(data) > self.max_frame:
             metrics.REFUSED.labels(self.protocol.name, "oversized").inc()
             return
@@ -70,9 +77,16 @@ class UdpListener(asyncio.DatagramProtocol):
     async def _process(self, data: bytes, addr: tuple[str, int], session: Session) -> None:
         pending = await self.intake.frame(self.protocol, session, data)
         if await pending.accepted():
-            if pending.reply and self.transport is not None:
+            if pending.reply and len(pending.reply) > len(data):
+                metrics.UDP_REPLIES_DROPPED.labels(self.protocol.name).inc()
+                log.debug("%s %s: reply of %s bytes to a datagram of %s not sent", self.protocol.name, session.remote,
+                          len(pending.reply), len(data))
+            elif pending.reply and self.transport is not None:
                 self.transport.sendto(pending.reply, addr)
         else:
+            denial = pending.denial if (pending.refused or "").startswith("password") else None
+            if denial and len(denial) <= len(data) and self.transport is not None:
+                self.transport.sendto(denial, addr)  # the protocol's "wrong password" answer
             if pending.retry:  # other refusals are counted where they are decided (intake)
                 metrics.REFUSED.labels(self.protocol.name, "not_durable").inc()
             log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)

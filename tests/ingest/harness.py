@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import ipaddress
+import struct
+import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,16 @@ from avl.embedded import free_port
 from avl.records import Position
 from ingest.protocols import DEFAULT_PORTS
 from ingest.service import IngestService
+from ingest.transports.proxy import V2_SIGNATURE
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     ports = {name: free_port() for name in DEFAULT_PORTS}
     values: dict[str, Any] = {"data_dir": data_dir, "ingest_host": "127.0.0.1", "ports": ports, "metrics_port": 0,
+                              "sweep_grace_s": 0.0,  # diagnostics: the tests start ingest moments before sweeping
+                              # Each service its own persistent MQTT session on the shared test broker: a
+                              # session left by another test would hand this one that test's messages.
+                              "mqtt_client_id": f"avl-test-{uuid.uuid4().hex[:12]}",
                               "batch_max_ms": 2.0, "idle_timeout_s": 30.0}
     values.update(overrides)
     return Settings(**values)
@@ -76,6 +84,41 @@ async def exchange(port: int, frames: list[bytes], expect: list[int], wait_s: fl
     finally:
         writer.close()
     return replies
+
+
+async def udp_exchange(port: int, datagram: bytes, wait_s: float = 10.0) -> bytes | None:
+    """Sends one datagram from a new socket; the first reply, or None when none came within ``wait_s``."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            if not got.done():
+                got.set_result(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+    try:
+        transport.sendto(datagram)
+        return await asyncio.wait_for(got, wait_s)
+    except TimeoutError:
+        return None
+    finally:
+        transport.close()
+
+
+async def eventually(condition: Callable[[], bool], wait_s: float = 10.0) -> bool:
+    """Polls ``condition`` until it holds or ``wait_s`` has passed (a loaded machine is slow); its last value."""
+    for _ in range(int(wait_s / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+def proxy_v2(src: str, sport: int, dst: str = "10.0.0.1", dport: int = 5023) -> bytes:
+    """A PROXY protocol v2 header, as HAProxy's ``send-proxy-v2`` puts it before a device's bytes."""
+    body = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + struct.pack(">HH", sport, dport)
+    return V2_SIGNATURE + bytes((0x21, 0x11)) + struct.pack(">H", len(body)) + body
 
 
 def stored(database_url: str, device_id: int) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ import pytest
 
 from avl.embedded import LocalBroker
 from ingest.protocols import calamp, gl200, gt06, json_report, osmand, teltonika
-from tests.ingest.harness import exchange, register, running_ingest, settings_for, stored, track
+from tests.ingest.harness import exchange, register, running_ingest, settings_for, stored, track, udp_exchange
 
 
 async def test_teltonika_batches_over_tcp_are_stored_once_and_acked_with_their_count(db_url: str, tmp_path: Path) -> None:
@@ -76,19 +76,8 @@ async def test_calamp_over_udp_is_acked_after_commit(db_url: str, tmp_path: Path
     ids = register(db_url, [(esn, "calamp")])
     p = track(esn, 1)[0]
     async with running_ingest(settings_for(tmp_path), db_url) as svc:
-        loop = asyncio.get_running_loop()
-        got: asyncio.Future[bytes] = loop.create_future()
-
-        class Client(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: object) -> None:
-                if not got.done():
-                    got.set_result(data)
-
-        transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", svc.udp["calamp"].port))
-        transport.sendto(calamp.encode_position(p, 77))
-        ack = await asyncio.wait_for(got, 10)
-        transport.close()
-    assert ack[:2] == b"\x02\x01" and struct.unpack(">H", ack[2:4])[0] == 77
+        ack = await udp_exchange(svc.udp["calamp"].port, calamp.encode_position(p, 77))
+    assert ack is not None and ack[:2] == b"\x02\x01" and struct.unpack(">H", ack[2:4])[0] == 77
     assert len(stored(db_url, ids[esn])) == 1
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -285,8 +286,12 @@ def imei(n: int, prefix: str = "35") -> str:
 
 
 def report(device: str, when: datetime, i: int) -> Position:
-    return Position(device=device, fix_time=when, valid=True, latitude=10.48 + (i % 1000) * 0.0004,
-                    longitude=-66.90 + (i % 1000) * 0.0003, speed_kmh=36.0 + i % 5, course=float((i * 7) % 360),
+    """The ``i``-th report of a vehicle driving 1000 steps (about 55 m each) out and then back,
+    over and over: a track ingest's jump check trusts. (Wrapping back to the start instead
+    would be a 55 km jump in one second, which ingest quarantines as ``implausible_jump``.)"""
+    step = i % 2000 if i % 2000 <= 1000 else 2000 - i % 2000
+    return Position(device=device, fix_time=when, valid=True, latitude=10.48 + step * 0.0004,
+                    longitude=-66.90 + step * 0.0003, speed_kmh=36.0 + i % 5, course=float((i * 7) % 360),
                     altitude_m=900.0, satellites=9, ignition=True, power_mv=12600)
 
 
@@ -373,6 +378,19 @@ def stored_by_device(database_url: str, idents: list[str]) -> Stored:
     for ident, fix_time in rows:
         out[ident].append(fix_time)
     return Stored(out, total, distinct)
+
+
+def quarantined(database_url: str, lost: dict[str, list[datetime]]) -> str:
+    """For the message of a failed no-loss check: how many of the reports missing from
+    positions ingest quarantined instead, by reason ('760 of them quarantined: implausible_jump 760')."""
+    wanted = {(ident, t) for ident, times in lost.items() for t in times}
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT d.identifier, q.fix_time, q.reason FROM positions_quarantine q JOIN devices d ON d.id = q.device_id"
+            " WHERE d.identifier = ANY(%s)", (list(lost),)).fetchall()
+    reasons = Counter(reason for ident, fix_time, reason in rows if (ident, fix_time) in wanted)
+    return (f"{sum(reasons.values())} of them quarantined:"
+            f" {', '.join(f'{reason} {n}' for reason, n in reasons.most_common()) or 'none'}")
 
 
 def missing_acknowledged(ledger: Ledger, stored: Stored) -> dict[str, list[datetime]]:

@@ -17,9 +17,11 @@ from tests.reliability.harness import (
     Ledger,
     device,
     drain,
+    gaps,
     imei,
     missing_acknowledged,
     percentile,
+    quarantined,
     stored_by_device,
 )
 
@@ -61,7 +63,8 @@ async def _kill_loop(db_url: str, tmp_path: Path, kills: int, per_protocol: int)
           f" acknowledged but missing {sum(map(len, lost.values()))}, reconnects {ledger.connects},"
           f" ACK latency p50 {percentile(ledger.latencies, 0.5) * 1000:.0f} ms"
           f" p99 {percentile(ledger.latencies, 0.99) * 1000:.0f} ms")
-    assert not lost, f"acknowledged reports missing after SIGKILLs: {dict(list(lost.items())[:3])}"
+    assert not lost, (f"acknowledged reports missing after SIGKILLs: {sum(map(len, lost.values()))}"
+                      f" ({quarantined(db_url, lost)}); {gaps(ledger, lost)}")
     assert stored.duplicates == 0
     assert drained, "the fleet could not get its last reports acknowledged after the last restart"
     # Everything the fleet made was acknowledged in the end, so everything is stored.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -384,6 +385,30 @@ async def test_an_endless_frame_is_cut_off(db_url: str, tmp_path: Path) -> None:
     uncounted = [p for p, (_, _, n) in results.items() if n < 1]
     assert not uncounted, ("connections cut off for an endless frame are not counted in any metric"
                            f" (avl_refused_frames_total has nothing for them): {', '.join(uncounted)}")
+
+
+async def test_an_endless_frame_written_while_ingest_was_busy_is_cut_off_in_order(db_url: str, tmp_path: Path) -> None:
+    """The device kept writing while ingest was not reading (paused here with SIGSTOP, as a starved CPU or
+    a long pause would): when ingest gets to it, bytes are still unread, and closing such a socket makes the
+    kernel send a reset, which the device sees instead of the end of the stream. It must see the end."""
+    protocols = ["enfora", "gt06", "osmand"]
+    ingest = IngestProcess(db_url, tmp_path / "data", protocols, env={"AVL_MAX_FRAME_BYTES": "65536"})
+    await asyncio.to_thread(ingest.start)
+    results = {}
+    try:
+        for protocol in protocols:
+            os.kill(ingest.pid, signal.SIGSTOP)
+            resume = asyncio.get_running_loop().call_later(0.5, os.kill, ingest.pid, signal.SIGCONT)
+            try:
+                results[protocol] = await _endless(ingest.ports[protocol], _ENDLESS[protocol], b"A" * 4096)
+            finally:
+                resume.cancel()
+                os.kill(ingest.pid, signal.SIGCONT)
+    finally:
+        ingest.stop()
+    print("\nendless frames written while ingest was paused for 0.5 s: " + ", ".join(
+        f"{p} ended {'in order' if c else 'by a reset'} after {s >> 10} KiB written" for p, (c, s) in results.items()))
+    assert all(c for c, _ in results.values()), f"reset, not ended: {[p for p, (c, _) in results.items() if not c]}"
 
 
 @pytest.mark.soak
