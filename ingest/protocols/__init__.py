@@ -25,6 +25,18 @@ DEFAULT_PORTS: dict[str, int] = {
     "teltonika": 5027,
     "osmand": 5055,
     "calamp": 5082,
+    "atrack": 5044,
+    "cellocator": 5033,
+    "ruptela": 5046,
+    "galileo": 5034,
+    "wialon": 5039,
+    "gps103": 5001,
+    "t800x": 5094,
+    "castel": 5086,
+    "jt600": 5014,
+    "startek": 5222,
+    "xirgo": 5081,
+    "jt808": 5015,
 }
 NAMES: tuple[str, ...] = tuple(sorted(DEFAULT_PORTS))
 # Formats with no port of their own: the project's JSON reports, over MQTT only.

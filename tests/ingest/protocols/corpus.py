@@ -1,4 +1,4 @@
-"""Loading and replaying the device frame corpus (../shared/vectors/dev.jsonl).
+"""Loading and replaying the device frame corpus (../shared/vectors/dev.jsonl and dev-2.jsonl).
 
 A frame is replayed on a fresh session after the frames that precede it in the same
 reference test method (a login earlier in the method identifies the device), on a
@@ -21,7 +21,8 @@ from ingest.protocols import get
 from ingest.protocols.base import DecodeError, DecodeResult, Session
 
 KNOWN_DEVICE = "123456789012345"
-CORPUS = Path(os.environ.get("AVL_VECTORS", Path(__file__).resolve().parents[4] / "shared" / "vectors")) / "dev.jsonl"
+VECTORS = Path(os.environ.get("AVL_VECTORS", Path(__file__).resolve().parents[4] / "shared" / "vectors"))
+CORPORA = (VECTORS / "dev.jsonl", VECTORS / "dev-2.jsonl")
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,18 @@ class Frame:
         d = self.data
         if d["kind"] == "binary":
             return bytes.fromhex(d["payload"])
-        return str(d["payload"]).encode("latin-1")
+        try:
+            return str(d["payload"]).encode("latin-1")
+        except UnicodeEncodeError:  # text beyond latin-1 (a Wialon param named in Cyrillic): the device sent UTF-8
+            return str(d["payload"]).encode("utf-8")
 
 
 def load() -> list[Frame]:
-    with CORPUS.open(encoding="utf-8") as f:
-        return [Frame(json.loads(line)) for line in f if line.strip()]
+    frames = []
+    for corpus in CORPORA:
+        with corpus.open(encoding="utf-8") as f:
+            frames += [Frame(json.loads(line)) for line in f if line.strip()]
+    return frames
 
 
 def group_key(frame: Frame) -> tuple[str, str, str]:
@@ -136,6 +143,7 @@ def attribute_value(p: Position, key: str) -> Any:
         "altitude": p.altitude_m,
         "sat": p.satellites,
         "hdop": p.hdop,
+        "course": p.course,  # a field of the reference's position (target "field")
     }
     if key in typed and typed[key] is not None:
         return typed[key]
