@@ -8,19 +8,20 @@ support agent (or the API) can follow a run step by step while the SMS wait goes
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from psycopg.types.json import Jsonb
 
-from diagnostics import metrics, tickets
+from avl.i18n import language, t
+from diagnostics import metrics, tickets, verdicts
 from diagnostics.context import Context, Device, DiagnoseError, load_device
-from diagnostics.model import ACCOUNT_VERDICTS, EXPLANATION, TERMINAL_FAULTS, Report, Step, Verdict
-from diagnostics.smpp import SmppError
+from diagnostics.model import ACCOUNT_VERDICTS, EXPLANATION, TICKET_VERDICTS, Report, Step, Text, Verdict
 from diagnostics.steps import account, platform, reporting, sms_ping
 
 log = logging.getLogger("avl.diagnostics")
-
-# Verdicts a recent resolved ticket can repeat (recurrence skips the remote tests).
-SILENT_CATEGORIES = (Verdict.UNREACHABLE, Verdict.DATA_CHANNEL_FAULT)
 
 
 async def _save(ctx: Context, report: Report, status: str = "running") -> None:
@@ -32,21 +33,9 @@ async def _save(ctx: Context, report: Report, status: str = "running") -> None:
          report.ticket["id"] if report.ticket else None, status, report.run_id))
 
 
-async def _recurrence(ctx: Context, device: Device) -> dict[str, object] | None:
-    """A silent-device ticket resolved in the last 30 days: the same fault again goes straight to field service."""
-    cur = await ctx.conn.execute(
-        "SELECT id, number, category, coalesce(resolved_at, closed_at) FROM tickets WHERE device_id = %s"
-        " AND category = ANY(%s) AND state IN ('resolved', 'closed')"
-        " AND coalesce(resolved_at, closed_at) > now() - interval '30 days'"
-        " ORDER BY coalesce(resolved_at, closed_at) DESC LIMIT 1",
-        (device.id, [v.value for v in SILENT_CATEGORIES]))
-    row = await cur.fetchone()
-    return None if row is None else {"ticket": row[1], "category": row[2], "resolved_at": row[3].isoformat()}
-
-
 async def run(ctx: Context, ref: str | int, *, requested_by: str = "sweep", run_id: int | None = None) -> Report:
     """Runs the checklist; persists the run (creating it unless ``run_id`` is given)."""
-    device = await load_device(ctx.conn, ref)
+    device = await load_device(ctx.conn, ref, default_country=ctx.settings.phone_default_country)
     if device.account_id is None:
         raise DiagnoseError(f"device {device.identifier} is not attributed to any account")
     report = Report(device_id=device.id, identifier=device.identifier)
@@ -77,74 +66,86 @@ async def _step(ctx: Context, report: Report, step: Step) -> None:
 
 
 async def _checklist(ctx: Context, device: Device, report: Report) -> None:
+    report.sms_via = ctx.sms_via
     step, verdict = account.check(device)
     await _step(ctx, report, step)
     if verdict in ACCOUNT_VERDICTS:
-        report.verdict = verdict
+        report.verdict, report.why = verdict, step.summary
         return  # the account's fault: no SMS, no vehicle sent to an installation center
 
     step, verdict = await platform.check(ctx)
     await _step(ctx, report, step)
     if verdict is Verdict.PLATFORM_INCIDENT:
-        report.verdict = verdict
+        report.verdict, report.why = verdict, step.summary
         report.ticket = await tickets.platform_incident(ctx.conn, step.summary)
         return
 
-    step, verdict, figures = await reporting.check(ctx, device)
+    step, verdict, analysis = await reporting.check(ctx, device)
     await _step(ctx, report, step)
-    if verdict is None:  # silent: the SMS ping decides
-        earlier = await _recurrence(ctx, device)
-        if earlier is not None:
-            skipped = Step("sms_ping").done(
-                "skipped", f"recurrence of {earlier['ticket']} ({earlier['category']}, resolved within 30 days):"
-                " remote tests skipped, straight to field service", recurrence=earlier)
-            await _step(ctx, report, skipped)
-            verdict = Verdict(str(earlier["category"]))
-        else:
-            step, verdict = await sms_ping.check(ctx, device)
-            await _step(ctx, report, step)
-    report.verdict = verdict
-    if verdict in TERMINAL_FAULTS:
+    decision = verdicts.Decision(verdict, step.summary) if verdict is not None else None
+    if decision is None:  # silent: the SMS ping decides, then the data again if it came back
+        step, outcome = await sms_ping.check(ctx, device)
+        await _step(ctx, report, step)
+        decision = verdicts.after_ping(outcome, analysis.silence_s, ctx.settings.unreachable_after_s)
+        if decision.reanalyse:
+            again = await reporting.analyse_device(ctx, await load_device(ctx.conn, device.id))
+            by_data = reporting.data_verdict(again, device)
+            if by_data is not None:
+                decision = verdicts.Decision(by_data[2], f"{decision.why}, but {by_data[1]}")
+    report.verdict, report.why = decision.verdict, decision.why
+    if decision.verdict in TICKET_VERDICTS and decision.ticket:
         summary = "; ".join(f"{s.name}: {s.summary}" for s in report.steps)
-        report.ticket = await tickets.for_verdict(ctx.conn, device, verdict, summary, report.run_id)
+        report.ticket = await tickets.for_verdict(ctx.conn, device, decision.verdict, summary, report.run_id,
+                                                    ctx.settings)
         action = Step("action")
-        notified = await _notify(ctx, device, verdict, report.ticket)
-        action.done("ok", f"ticket {report.ticket['number']}" + (" (existing)" if report.ticket.get("reused") else "")
-                    + (f"; customer notified at {device.contact_msisdn}" if notified else "; customer not notified by SMS"),
+        notified = await _notify(ctx, device, decision.verdict, report.ticket)
+        action.done("ok", Text.concat([
+            Text("checklist:action.ticket_existing" if report.ticket.get("reused") else "checklist:action.ticket",
+                 number=report.ticket["number"]),
+            Text("checklist:action.notice_queued", msisdn=device.contact_msisdn) if notified
+            else Text("checklist:action.no_notice")]),
                     ticket=report.ticket["number"], instruction=report.ticket.get("instruction"),
                     centers=report.ticket.get("centers"), dead_on_arrival=report.ticket["dead_on_arrival"],
                     recurrence_of=report.ticket["recurrence_of"], notified=notified)
         await _step(ctx, report, action)
 
 
-async def _notify(ctx: Context, device: Device, verdict: Verdict, ticket: dict[str, object]) -> bool:
-    """Tells the account's contact, by SMS, the ticket number and what to do."""
-    if ticket.get("reused") or not device.contact_msisdn or ctx.smpp is None or not ctx.smpp.bound:
-        return False
-    text = (f"Vehicle {device.plate or device.identifier}: {verdict.value.replace('_', ' ')}. Ticket {ticket['number']}."
-            " Please take it to a certified installation center.")
-    try:
-        message_id = await ctx.smpp.send(device.contact_msisdn, text[:160], receipt=False)
-    except (SmppError, TimeoutError) as exc:
-        log.warning("customer notice for ticket %s not sent: %s", ticket["number"], exc)
-        return False
-    await ctx.conn.execute("INSERT INTO sms_messages (direction, msisdn, body, status, smpp_message_id, submitted_at,"
-                           " purpose) VALUES ('mt', %s, %s, 'submitted', %s, now(), 'notice')",
-                           (device.contact_msisdn, text, message_id))
-    await tickets.add_activity(ctx.conn, int(ticket["id"]), who="diagnostics", channel="sms",  # type: ignore[call-overload]
-                               reason="customer notified", supplied=text)
+def notice_text(verdict: Verdict, vehicle: str, number: str, center: Mapping[str, Any] | str | None,
+                lang: str = "es", *, deadline: datetime | None = None, tz: str = tickets.DEFAULT_TIMEZONE) -> str:
+    """The SMS the account's contact gets for a new case, in ``lang``, in one or two segments: the
+    nearest center (name, address, hours) and the deadline to bring the vehicle in, as far as they fit."""
+    return tickets.notice(verdict.value, lang, vehicle=vehicle, number=number, center=center, deadline=deadline,
+                          tz=ZoneInfo(tz))
+
+
+async def _notify(ctx: Context, device: Device, verdict: Verdict, ticket: dict[str, Any]) -> bool:
+    """Tells the account's contact, by SMS, the case number and what happens next. The notice is
+    queued in the outbox: the worker holding the SMSC bind sends it (from any process), and its
+    receipt is recorded like any other SMS."""
+    if ticket.get("reused") or not device.contact_msisdn or verdict is Verdict.INCONCLUSIVE:
+        return False  # an inconclusive case is a call from support, not an SMS
+    centers = ticket.get("centers") or []
+    text = notice_text(verdict, device.plate or device.identifier, str(ticket["number"]),
+                       centers[0] if centers else None, ctx.settings.language,
+                       deadline=ticket.get("bring_in_due_at"), tz=ctx.settings.customer_timezone)
+    await tickets.send_notice(ctx.conn, int(ticket["id"]), device.contact_msisdn, text, "customer notified")
     return True
 
 
-def explain(report: Report) -> str:
-    """The run as a support agent reads it (``avl diagnose``)."""
-    lines = [f"device {report.identifier} (run {report.run_id})"]
+def explain(report: Report, lang: str = "en") -> str:
+    """The run as a support agent reads it (``avl diagnose``), in ``lang``."""
+    via = report.sms_via or t("checklist:explain.nothing", lang)
+    lines = [t("checklist:explain.device", lang, identifier=report.identifier, run=report.run_id, via=via)]
     for s in report.steps:
-        lines.append(f"  [{s.status:>7}] {s.name:<9} {s.summary}")
+        lines.append(f"  [{s.status:>7}] {s.name:<9} {s.render(lang)}")
     if report.verdict:
-        lines.append(f"verdict: {report.verdict.value}: {EXPLANATION[report.verdict]}")
+        explanation = EXPLANATION[report.verdict] if language(lang) == "en" else \
+            t(f"console:verdict_explain.{report.verdict.value}", lang)
+        lines.append(t("checklist:explain.verdict", lang, verdict=report.verdict.value, explanation=explanation))
+        if report.why:
+            lines.append("  " + t("checklist:explain.because", lang, why=report.why))
     if report.ticket:
-        lines.append(f"ticket: {report.ticket['number']} ({report.ticket['type']})")
+        lines.append(t("checklist:explain.ticket", lang, number=report.ticket["number"], type=report.ticket["type"]))
         if report.ticket.get("instruction"):
             lines.append(f"  {report.ticket['instruction']}")
     return "\n".join(lines)

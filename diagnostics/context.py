@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from avl import phone
 from avl.config import Settings
 from diagnostics.smpp import SmppLink
 
@@ -67,28 +68,48 @@ class Device:
     last_received_at: datetime | None
     latitude: float | None
     longitude: float | None
+    status_cause: str | None = None  # non_payment | no_balance | administrative | voluntary | by_payment
+    ignition: bool | None = None
+    speed_kmh: float | None = None
+    parked_interval_s: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    # What the checklist learned earlier of the device's cadence (device_cadence).
+    learned_moving_s: float | None = None
+    learned_moving_samples: int = 0
+    learned_parked_s: float | None = None
+    learned_parked_samples: int = 0
 
 
 DEVICE_SQL = """
 SELECT d.id, d.identifier, d.protocol, d.msisdn, d.line_status, d.report_interval_s, d.installed_at,
-       a.id AS account_id, a.name AS account_name, a.status AS account_status, a.status_reason, a.billing, a.balance,
+       a.id AS account_id, a.name AS account_name, a.status AS account_status, a.status_reason, a.status_cause,
+       a.billing, a.balance,
        a.contact_msisdn, v.plate, v.supply_voltage_v,
-       l.fix_time, l.last_received_at, l.latitude, l.longitude
+       l.fix_time, l.last_received_at, l.latitude, l.longitude, l.ignition, l.speed_kmh,
+       d.parked_interval_s, d.options,
+       c.moving_interval_s AS learned_moving_s, coalesce(c.moving_samples, 0) AS learned_moving_samples,
+       c.parked_interval_s AS learned_parked_s, coalesce(c.parked_samples, 0) AS learned_parked_samples
 FROM devices d
 LEFT JOIN accounts a ON a.id = d.account_id
 LEFT JOIN vehicles v ON v.id = d.vehicle_id
 LEFT JOIN latest_positions l ON l.device_id = d.id
+LEFT JOIN device_cadence c ON c.device_id = d.id
 """
 
 
-async def load_device(conn: psycopg.AsyncConnection, ref: str | int) -> Device:
-    """A device by id, identifier or MSISDN."""
+async def load_device(conn: psycopg.AsyncConnection, ref: str | int, *,
+                      default_country: str = phone.DEFAULT_COUNTRY) -> Device:
+    """A device by id, identifier or MSISDN (in any spelling: ``+58414...``, ``0414-...``)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         if isinstance(ref, int) or (str(ref).isdigit() and len(str(ref)) < 9):
             await cur.execute(DEVICE_SQL + " WHERE d.id = %s", (int(ref),))
         else:
-            await cur.execute(DEVICE_SQL + " WHERE d.identifier = %s OR d.msisdn = %s ORDER BY d.id LIMIT 1",
-                              (str(ref), str(ref)))
+            try:
+                msisdn = phone.normalise(str(ref), default_country)
+            except ValueError:
+                msisdn = str(ref)
+            await cur.execute(DEVICE_SQL + " WHERE d.identifier = %s OR d.msisdn = %s ORDER BY d.identifier = %s DESC,"
+                              " d.id LIMIT 1", (str(ref), msisdn, str(ref)))
         row = await cur.fetchone()
     if row is None:
         raise DiagnoseError(f"device {ref!r} not found")
@@ -103,8 +124,19 @@ class Context:
     smpp: SmppLink | None = None
     mqtt_url: str | None = None
     sms_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(60))
+    # How SMS pings go out: "bind" (``smpp``, this process's own link), "outbox" (queued for the
+    # diagnostics worker that holds the bind) or "off"; ``sms_note`` says which, for people.
+    sms_via: str = ""
+    sms_note: str = ""
     # Overrides for tests and the CLI.
     sms_wait_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sms_via:
+            self.sms_via = "bind" if self.smpp is not None else "off"
+        if not self.sms_note:
+            self.sms_note = (f"its own SMPP bind to {self.smpp.host}:{self.smpp.port}" if self.smpp is not None
+                             else "no SMSC configured (AVL_SMPP_HOST)")
 
     @property
     def wait_s(self) -> float:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from avl.i18n import t
 
 
 class Verdict(StrEnum):
@@ -21,12 +24,17 @@ class Verdict(StrEnum):
     DATA_CHANNEL_FAULT = "data_channel_fault"  # answers SMS, sends no data
     GPS_FAULT = "gps_fault"
     POWER_FAULT = "power_fault"
+    LINE_FAULT = "line_fault"  # the SMS was undeliverable: the line or the network (a carrier check)
     UNREACHABLE = "unreachable"
+    INCONCLUSIVE = "inconclusive"  # the remote tests could not decide: a support task, never a workshop visit
 
 
 ACCOUNT_VERDICTS = {Verdict.ACCOUNT_SUSPENDED, Verdict.ACCOUNT_RETIRED, Verdict.NO_BALANCE, Verdict.LINE_SUSPENDED}
-# Faults of the terminal itself: these open a ticket and send the vehicle to an installation center.
+# Faults of the terminal itself: these open a ticket and send the vehicle to an installation center
+# (a data channel is first reconfigured remotely).
 TERMINAL_FAULTS = {Verdict.DATA_CHANNEL_FAULT, Verdict.GPS_FAULT, Verdict.POWER_FAULT, Verdict.UNREACHABLE}
+# Verdicts that open a ticket: the terminal's faults, a line for the carrier to check, a customer to call.
+TICKET_VERDICTS = TERMINAL_FAULTS | {Verdict.LINE_FAULT, Verdict.INCONCLUSIVE}
 
 EXPLANATION = {
     Verdict.HEALTHY: "The terminal reports at its expected interval with a valid fix and correct power.",
@@ -39,24 +47,57 @@ EXPLANATION = {
     Verdict.DATA_CHANNEL_FAULT: "The terminal answers SMS but sends no data: its data channel (APN/GPRS) is down.",
     Verdict.GPS_FAULT: "The terminal reports, but without a usable GPS fix (no fix or a frozen position while moving).",
     Verdict.POWER_FAULT: "The terminal's supply voltage does not match the vehicle's declaration (or it runs on its backup battery).",
-    Verdict.UNREACHABLE: "The terminal neither reports nor answers SMS.",
+    Verdict.LINE_FAULT: "The SMS to the terminal was undeliverable: its line or the network needs a check with the carrier.",
+    Verdict.UNREACHABLE: "The terminal neither reports nor answers SMS, and has been silent long enough to rule out a coverage gap.",
+    Verdict.INCONCLUSIVE: "The remote tests could not decide (no SMS test was possible or the silence is still short): "
+                          "support calls the customer; no workshop visit.",
 }
+
+
+class Text(str):
+    """A sentence people read, kept as the catalogue keys it was made of (``avl/i18n/*/checklist.json``):
+    as a string it is the English text (logs, JSON, the tests); ``render(lang)`` gives it in a reader's
+    language, and the console renders ``parts`` in its user's."""
+
+    parts: tuple[dict[str, Any], ...]
+
+    def __new__(cls, key: str, /, **params: Any) -> Text:
+        made = str.__new__(cls, t(key, "en", **params))
+        made.parts = ({"key": key, "params": params},)
+        return made
+
+    @classmethod
+    def concat(cls, texts: Sequence[str]) -> Text:
+        """Several sentences as one ("; " between them); plain strings are kept as they are."""
+        made = str.__new__(cls, "; ".join(texts))
+        made.parts = tuple(p for x in texts for p in (x.parts if isinstance(x, Text) else
+                                                      ({"key": "checklist:raw", "params": {"text": str(x)}},)))
+        return made
+
+    def render(self, lang: str) -> str:
+        return "; ".join(t(p["key"], lang, **p["params"]) for p in self.parts)
 
 
 @dataclass
 class Step:
     name: str  # account | platform | reporting | sms_ping | action
     status: str = "running"  # running | ok | fail | warn | skipped
-    summary: str = ""
+    summary: str = ""  # in English; ``messages`` has it as catalogue keys, for any language
     evidence: dict[str, Any] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
 
     def done(self, status: str, summary: str, /, **evidence: Any) -> Step:
-        self.status, self.summary = status, summary
+        self.status, self.summary = status, str(summary)
+        self.messages = list(summary.parts) if isinstance(summary, Text) else \
+            [{"key": "checklist:raw", "params": {"text": str(summary)}}]
         self.evidence.update(evidence)
         self.finished_at = datetime.now(UTC)
         return self
+
+    def render(self, lang: str) -> str:
+        return "; ".join(t(m["key"], lang, **m["params"]) for m in self.messages) if self.messages else self.summary
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -74,6 +115,21 @@ class Report:
     ticket: dict[str, Any] | None = None
     run_id: int | None = None
 
+    why: str = ""  # the rule that decided the verdict, in this run's terms
+    sms_via: str = ""
+
     @property
     def explanation(self) -> str:
         return EXPLANATION[self.verdict] if self.verdict else ""
+
+    def as_json(self) -> dict[str, Any]:
+        """Everything about the run: what `avl diagnose --json` prints."""
+        ticket = None
+        if self.ticket is not None:
+            ticket = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.ticket.items()
+                      if k in ("id", "number", "type", "category", "state", "reused", "instruction", "recurrence_of",
+                               "dead_on_arrival", "sla_due_at", "centers")}
+        return {"run_id": self.run_id, "device_id": self.device_id, "identifier": self.identifier,
+                "verdict": self.verdict.value if self.verdict else None, "explanation": self.explanation,
+                "why": self.why, "sms_via": self.sms_via, "ticket": ticket,
+                "steps": [s.as_json() for s in self.steps]}

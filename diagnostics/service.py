@@ -24,11 +24,12 @@ from avl.observability import serve_metrics
 from diagnostics import checklist, metrics, outbox, tickets
 from diagnostics.context import Context, DiagnoseError, RateLimiter
 from diagnostics.smpp import SmppLink
-from diagnostics.sweep import sweep
+from diagnostics.sweep import quality_candidates, sweep
 
 log = logging.getLogger("avl.diagnostics")
 
 SWEEPER_LOCK = 7_412_200
+DEADLINES_EVERY_S = 5.0  # bring-in reminders and the SLA gauges
 
 
 class Worker:
@@ -49,9 +50,8 @@ class Worker:
         await self.pool.open()
         s = self.settings
         if s.smpp_host:
-            self.smpp = SmppLink(s.smpp_host, s.smpp_port, s.smpp_system_id, s.smpp_password.get_secret_value(),
-                                 source_addr=s.sms_source_addr)
-            self.smpp.subscribe(lambda msg: self._spawn(outbox.record_inbound(self.pool, msg)))
+            self.smpp = SmppLink.from_settings(s)
+            self.smpp.subscribe(lambda msg: self._spawn(outbox.record_inbound(self.pool, msg, s.phone_default_country)))
             if not await self.smpp.start():
                 log.warning("SMSC %s:%s not bound yet (%s); SMS pings wait for it", s.smpp_host, s.smpp_port,
                             self.smpp.last_error or "connecting")
@@ -83,27 +83,57 @@ class Worker:
         s = self.settings
         async with self.context() as ctx:
             result = await sweep(ctx.conn, silent_factor=s.silent_after_intervals, storm_share=s.storm_share,
-                                 storm_min=s.storm_min_devices)
+                                 storm_min=s.storm_min_devices, parked_interval_s=s.parked_interval_s)
             log.info("sweep: %s devices, %s active, %s silent (%s newly) in %.3f s", result.devices, result.active,
                      len(result.silent), result.newly_silent, result.seconds)
             metrics.SWEEP_SECONDS.observe(result.seconds)
             metrics.SILENT_DEVICES.set(len(result.silent))
+            up_s = await self._ingest_up_s(ctx)
+            # After ingest (re)starts, terminals take a while to reconnect (their backoff reaches a minute
+            # or more): silence found meanwhile says where ingest was, not where the devices are.
+            if up_s is not None and up_s < s.sweep_grace_s and len(result.silent):
+                log.info("sweep: ingest (re)started %.0f s ago; %s silent devices left until they could reconnect",
+                         up_s, len(result.silent))
+                result.silent, result.storm = result.silent[:0], False
             if result.storm:
                 summary = (f"{result.newly_silent} of {result.active} active devices went silent together"
                            f" ({result.newly_silent / result.active:.0%}): platform or network incident")
                 ticket = await tickets.platform_incident(ctx.conn, summary)
                 log.warning("sweep: %s; incident %s, no device tickets", summary, ticket["number"])
                 return
-            # Not again while a check runs, a ticket is open for it, or a recent run looked at it.
-            cur = await ctx.conn.execute(
-                "SELECT id FROM unnest(%s::bigint[]) AS id WHERE NOT EXISTS (SELECT 1 FROM tickets t"
-                " WHERE t.device_id = id AND t.state NOT IN ('resolved', 'closed')) AND NOT EXISTS"
-                " (SELECT 1 FROM diagnostic_runs r WHERE r.device_id = id AND r.started_at > now() - make_interval(secs => %s))",
-                ([int(x) for x in result.silent], max(s.sms_ping_period_s, s.sweep_interval_s)))
-            todo = [int(r[0]) for r in await cur.fetchall() if int(r[0]) not in self.in_progress]
-        for device_id in todo:
+            # Not again while a check runs, a ticket is open for it, or a recent run looked at it (a short
+            # silence found inconclusive is looked at again once it could be judged: unreachable_after_s).
+            todo = await self._not_recently_checked(
+                ctx, [int(x) for x in result.silent],
+                max(min(s.sms_ping_period_s, s.unreachable_after_s), s.sweep_interval_s))
+            # Devices that report, but whose latest report has no usable fix or a wrong supply voltage.
+            quality = await quality_candidates(ctx.conn, fresh_s=max(s.sweep_interval_s, 600.0))
+            quality = await self._not_recently_checked(ctx, [d for d in quality if d not in set(todo)],
+                                                       s.quality_recheck_s)
+            if quality:
+                log.info("sweep: %s reporting devices with a suspect latest report", len(quality))
+        for device_id in todo + quality:
             self.in_progress.add(device_id)
             self._spawn(self._swept(device_id))
+
+    async def _ingest_up_s(self, ctx: Context) -> float | None:
+        """Seconds since the youngest live ingest process started (None: none is alive)."""
+        cur = await ctx.conn.execute(
+            "SELECT extract(epoch FROM now() - max(started_at)) FROM platform_status WHERE component = 'ingest'"
+            " AND updated_at > now() - interval '30 seconds'")
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def _not_recently_checked(self, ctx: Context, ids: list[int], within_s: float) -> list[int]:
+        if not ids:
+            return []
+        cur = await ctx.conn.execute(
+            "SELECT c.device_id FROM unnest(%s::bigint[]) AS c (device_id) WHERE NOT EXISTS (SELECT 1 FROM tickets t"
+            " WHERE t.device_id = c.device_id AND t.state NOT IN ('resolved', 'closed')) AND NOT EXISTS"
+            " (SELECT 1 FROM diagnostic_runs r WHERE r.device_id = c.device_id"
+            " AND r.started_at > now() - make_interval(secs => %s))",
+            (ids, within_s))
+        return [int(r[0]) for r in await cur.fetchall() if int(r[0]) not in self.in_progress]
 
     async def _swept(self, device_id: int) -> None:
         try:
@@ -130,7 +160,7 @@ class Worker:
     async def run(self) -> None:
         lock_conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         try:
-            next_sweep = next_beat = 0.0
+            next_sweep = next_beat = next_deadlines = 0.0
             loop = asyncio.get_running_loop()
             while True:
                 if not self.sweeping:
@@ -155,9 +185,23 @@ class Worker:
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + 5.0
                     await self._heartbeat(lock_conn)
+                if loop.time() >= next_deadlines:
+                    next_deadlines = loop.time() + DEADLINES_EVERY_S
+                    await self.ticket_deadlines()
                 await asyncio.sleep(1.0)
         finally:
             await lock_conn.close()
+
+    async def ticket_deadlines(self) -> None:
+        """The support desk's deadlines: the bring-in reminders due (each queued once, whichever
+        worker gets there first) and the SLA gauges."""
+        try:
+            async with self.pool.connection() as conn:
+                if await tickets.remind(conn, self.settings):
+                    log.info("bring-in reminders queued")
+                await tickets.measure(conn)
+        except psycopg.Error as exc:
+            log.warning("ticket deadlines not checked: %s", first_line(exc))
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection) -> None:
         """Tells the platform view this worker is alive, whether it sweeps, and its SMSC bind."""

@@ -9,23 +9,27 @@ from __future__ import annotations
 from decimal import Decimal
 
 from diagnostics.context import Device
-from diagnostics.model import Step, Verdict
+from diagnostics.model import Step, Text, Verdict
 
 
 def check(device: Device) -> tuple[Step, Verdict | None]:
     step = Step("account")
-    evidence = {"account": device.account_name, "status": device.account_status, "status_reason": device.status_reason,
+    evidence = {"account": device.account_name, "status": device.account_status, "status_cause": device.status_cause,
+                "status_reason": device.status_reason,
                 "billing": device.billing, "balance": str(device.balance) if device.balance is not None else None,
                 "line_status": device.line_status}
     if device.account_status == "retired":
-        return step.done("fail", f"account {device.account_name} is retired", **evidence), Verdict.ACCOUNT_RETIRED
+        return step.done("fail", Text("checklist:account.retired", account=device.account_name), **evidence), Verdict.ACCOUNT_RETIRED
+    if device.account_status == "suspended" and device.status_cause == "no_balance":
+        return step.done("fail", Text("checklist:account.no_balance_suspended", account=device.account_name), **evidence), \
+            Verdict.NO_BALANCE
     if device.account_status == "suspended":
         reason = device.status_reason or "non-payment"
-        return step.done("fail", f"account {device.account_name} is suspended ({reason})", **evidence), \
+        return step.done("fail", Text("checklist:account.suspended", account=device.account_name, reason=reason), **evidence), \
             Verdict.ACCOUNT_SUSPENDED
     if device.billing == "pre_paid" and Decimal(str(device.balance or 0)) <= 0:
-        return step.done("fail", f"pre-paid account {device.account_name} has no balance", **evidence), Verdict.NO_BALANCE
+        return step.done("fail", Text("checklist:account.no_balance", account=device.account_name), **evidence), Verdict.NO_BALANCE
     if device.line_status != "active":
-        return step.done("fail", f"the terminal's line ({device.msisdn}) is {device.line_status}", **evidence), \
+        return step.done("fail", Text("checklist:account.line_suspended", msisdn=device.msisdn), **evidence), \
             Verdict.LINE_SUSPENDED
-    return step.done("ok", f"account {device.account_name} is active", **evidence), None
+    return step.done("ok", Text("checklist:account.ok", account=device.account_name), **evidence), None

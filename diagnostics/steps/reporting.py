@@ -1,10 +1,15 @@
 """Step 3: is the terminal reporting properly? Analysis of its stored reports (numpy).
 
-Looks at the last 24 h: age of the last report against the expected interval; gaps
-(count, longest, share of expected reports received); share of valid fixes, satellites
-and HDOP; a frozen position while the ignition is on or the speed is above zero; supply
-voltage against the vehicle's declared 12/24 V; clock skew between fix and arrival;
-buffered-data flushes.
+The window is the last 24 h, or less when the device started reporting within it. Terminals
+report every N s while moving and less often parked (ignition off), so everything is judged
+against the cadence of the state the vehicle was last in: the installer's declaration for
+the parked cadence, else what the device's own history shows (learned here and kept in
+``device_cadence`` for the sweep), else the declared interval (moving) or the parked default.
+
+Findings: silent (no frame for ``silent_after_intervals`` expected intervals), no usable fix
+in the recent reports made with the ignition on, a frozen position while moving, supply
+voltage against the declared 12/24 V (or 0 V: on the backup battery); noted only: gaps,
+clock skew, buffered-data flushes.
 """
 
 from __future__ import annotations
@@ -16,17 +21,28 @@ from typing import Any
 import numpy as np
 
 from diagnostics.context import Context, Device
-from diagnostics.model import Step, Verdict
+from diagnostics.model import Step, Text, Verdict
 from ingest.pipeline import FLAG_BUFFERED
 
 WINDOW = timedelta(hours=24)
 # Supply voltage a terminal should see, by declared vehicle voltage (mV).
 VOLTAGE_RANGE = {12: (11_000, 15_500), 24: (22_000, 30_500)}
 ON_BACKUP_BELOW_MV = 6_000
+POWER_RECENT = 5  # the supply is judged on the median of the last few readings
 FROZEN_MIN_REPORTS = 5
 FROZEN_RADIUS_M = 3.0
 CLOCK_SKEW_S = 300.0
 MIN_VALID_SHARE = 0.5
+# "No usable fix in the recent reports": the newest reports made while driving (ignition on or
+# unknown and moving) have had no usable fix for at least NO_FIX_MIN_REPORTS reports spanning
+# NO_FIX_MIN_S (a tunnel or a multi-storey car park does not last that long). Reports made
+# parked are neither held against the receiver (a garage has no sky) nor count for it.
+NO_FIX_MIN_REPORTS = 3
+NO_FIX_MIN_S = 300.0
+# A learned cadence needs this many gaps of the state.
+CADENCE_MIN_SAMPLES = 6
+PARKED_MAX_SPEED_KMH = 3.0
+FLAG_NULL_ISLAND = 4
 
 
 @dataclass
@@ -53,26 +69,104 @@ class Series:
         ts = lambda v: v.timestamp()  # noqa: E731
         return cls(col(0, ts), col(1, ts), col(2), col(3), col(4), col(5), col(6), col(7), col(8), col(9), col(10))
 
+    def parked(self) -> np.ndarray:
+        """Per report: the vehicle was parked (ignition off, or unknown ignition and standing still)."""
+        unknown = np.isnan(self.ignition)
+        parked: np.ndarray = (self.ignition == 0) | (unknown & ~(self.speed > PARKED_MAX_SPEED_KMH))
+        return parked
 
-def analyse(s: Series, *, now: float, interval_s: float, declared_v: int | None,
-            last_received: float | None, silent_factor: float) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Cadence:
+    """Expected seconds between reports, moving and parked, and where each figure comes from."""
+
+    moving_s: float
+    parked_s: float
+    moving_source: str  # learned | declared
+    parked_source: str  # declared | learned | default
+    learned_moving_s: float | None = None
+    learned_parked_s: float | None = None
+    moving_samples: int = 0
+    parked_samples: int = 0
+
+    def expected(self, parked: bool) -> float:
+        return self.parked_s if parked else self.moving_s
+
+
+def learn_cadence(s: Series) -> tuple[float | None, int, float | None, int]:
+    """Medians of the gaps between consecutive reports (by fix time), split by the state of the
+    earlier report: (moving_s, moving samples, parked_s, parked samples)."""
+    if s.fix.size < 2:
+        return None, 0, None, 0
+    order = np.argsort(s.fix, kind="stable")
+    fix = s.fix[order]
+    gaps = np.diff(fix)
+    parked = s.parked()[order][:-1]
+    keep = gaps > 0.5  # two reports in the same second are one event (an ignition edge and a report)
+    moving_gaps, parked_gaps = gaps[keep & ~parked], gaps[keep & parked]
+    moving = float(np.median(moving_gaps)) if moving_gaps.size else None
+    parked_s = float(np.median(parked_gaps)) if parked_gaps.size else None
+    return moving, int(moving_gaps.size), parked_s, int(parked_gaps.size)
+
+
+def cadence_for(device: Device, s: Series, default_parked_s: float) -> Cadence:
+    moving, n_moving, parked, n_parked = learn_cadence(s)
+    if moving is not None and n_moving >= CADENCE_MIN_SAMPLES:
+        moving_s, moving_source = moving, "learned"
+    elif device.learned_moving_s is not None and device.learned_moving_samples >= CADENCE_MIN_SAMPLES:
+        moving_s, moving_source = device.learned_moving_s, "learned"
+    else:
+        moving_s, moving_source = float(device.report_interval_s), "declared"
+    if device.parked_interval_s:
+        parked_s, parked_source = float(device.parked_interval_s), "declared"
+    elif parked is not None and n_parked >= CADENCE_MIN_SAMPLES:
+        parked_s, parked_source = parked, "learned"
+    elif device.learned_parked_s is not None and device.learned_parked_samples >= CADENCE_MIN_SAMPLES:
+        parked_s, parked_source = device.learned_parked_s, "learned"
+    else:
+        parked_s, parked_source = max(default_parked_s, moving_s), "default"
+    # Parked is never expected more often than moving: a terminal does not report faster standing still.
+    parked_s = max(parked_s, moving_s)
+    return Cadence(moving_s, parked_s, moving_source, parked_source, moving, parked, n_moving, n_parked)
+
+
+def analyse(s: Series, *, now: float, cadence: Cadence, declared_v: int | None, last_received: float | None,
+            last_parked: bool, silent_factor: float, window_start: float) -> dict[str, Any]:
     """Pure analysis: figures and findings from the arrays."""
     n = len(s.fix)
-    out: dict[str, Any] = {"reports_24h": n, "expected_interval_s": interval_s}
+    expected_now = cadence.expected(last_parked)
+    out: dict[str, Any] = {
+        "reports_24h": n, "window_s": round(now - window_start, 1), "state": "parked" if last_parked else "moving",
+        "expected_interval_s": round(expected_now, 1),
+        "moving_interval_s": round(cadence.moving_s, 1), "moving_interval_source": cadence.moving_source,
+        "parked_interval_s": round(cadence.parked_s, 1), "parked_interval_source": cadence.parked_source,
+    }
     age = None if last_received is None else now - last_received
     out["last_report_age_s"] = None if age is None else round(age, 1)
-    out["silent"] = age is None or age > silent_factor * interval_s
-    window = WINDOW.total_seconds()
-    expected = window / interval_s
+    out["silent"] = age is None or age > silent_factor * expected_now
+    window = max(1.0, now - window_start)
     if n:
-        order = np.argsort(s.fix)
+        order = np.argsort(s.fix, kind="stable")
         fix = s.fix[order]
-        gaps = np.diff(np.concatenate(([now - window], fix, [now])))
-        big = gaps[gaps > 2 * interval_s]
-        out["gaps"] = int(big.size)
-        out["longest_gap_s"] = round(float(big.max()), 1) if big.size else 0.0
-        out["received_share"] = round(min(1.0, n / expected), 3)
-        out["valid_fix_share"] = round(float(np.nanmean(s.valid)), 3)
+        parked = s.parked()[order]
+        # Each gap is judged against the cadence of the state the vehicle was in when it began.
+        edges = np.concatenate(([window_start], fix, [now]))
+        states = np.concatenate(([parked[0]], parked))
+        expected = np.where(states, cadence.parked_s, cadence.moving_s)
+        gaps = np.diff(edges)
+        big = gaps > 2 * expected
+        out["gaps"] = int(big.sum())
+        out["longest_gap_s"] = round(float(gaps[big].max()), 1) if big.any() else 0.0
+        expected_reports = float(np.sum(np.maximum(gaps, 0) / expected))
+        out["received_share"] = round(min(1.0, n / max(1.0, expected_reports)), 3)
+        usable = (s.valid == 1) & ((s.flags.astype(int) & FLAG_NULL_ISLAND) == 0)
+        out["valid_fix_share"] = round(float(usable.mean()), 3)
+        driving = np.flatnonzero(~parked)
+        good = usable[order][driving]
+        last_good = int(np.flatnonzero(good)[-1]) if good.any() else -1
+        streak = driving[last_good + 1:]
+        out["no_fix_streak_reports"] = int(streak.size)
+        out["no_fix_streak_s"] = round(float(fix[streak[-1]] - fix[streak[0]]), 1) if streak.size else 0.0
         out["satellites_mean"] = _r(np.nanmean(s.satellites)) if np.isfinite(s.satellites).any() else None
         out["hdop_mean"] = _r(np.nanmean(s.hdop)) if np.isfinite(s.hdop).any() else None
         skew = s.fix - s.received
@@ -84,24 +178,27 @@ def analyse(s: Series, *, now: float, interval_s: float, declared_v: int | None,
         arrivals = np.sort(s.received[buffered])
         out["buffered_flushes"] = int((np.diff(arrivals) > 60).sum() + 1) if arrivals.size else 0
         out["frozen_position"] = _frozen(s, order)
-        power = s.power[np.isfinite(s.power)]
-        out["power_mv_median"] = int(np.median(power[-20:])) if power.size else None
+        power = s.power[order][np.isfinite(s.power[order])]
+        out["power_mv_median"] = int(np.median(power[-POWER_RECENT:])) if power.size else None
     else:
-        out.update(gaps=None, longest_gap_s=window, received_share=0.0, valid_fix_share=None, frozen_position=False,
-                   power_mv_median=None, clock_skew_s=None, buffered_reports=0, buffered_flushes=0)
+        out.update(gaps=None, longest_gap_s=round(window, 1), received_share=0.0, valid_fix_share=None,
+                   no_fix_streak_reports=0, no_fix_streak_s=0.0, frozen_position=False, power_mv_median=None,
+                   clock_skew_s=None, buffered_reports=0, buffered_flushes=0)
     findings: list[str] = []
     if out["silent"]:
         findings.append("silent")
-    if n >= FROZEN_MIN_REPORTS and out["valid_fix_share"] is not None and out["valid_fix_share"] < MIN_VALID_SHARE:
+    if out["no_fix_streak_reports"] >= NO_FIX_MIN_REPORTS and out["no_fix_streak_s"] >= NO_FIX_MIN_S:
         findings.append("no_valid_fix")
+    elif out["valid_fix_share"] is not None and n >= FROZEN_MIN_REPORTS and out["valid_fix_share"] < MIN_VALID_SHARE:
+        findings.append("few_valid_fixes")  # noted: parked without sky view, or an intermittent antenna
     if out["frozen_position"]:
         findings.append("frozen_position")
-    power = out["power_mv_median"]
-    if power is not None and declared_v in VOLTAGE_RANGE:
+    power_mv = out["power_mv_median"]
+    if power_mv is not None and declared_v in VOLTAGE_RANGE:
         low, high = VOLTAGE_RANGE[declared_v]
-        if power < ON_BACKUP_BELOW_MV:
+        if power_mv < ON_BACKUP_BELOW_MV:
             findings.append("on_backup_battery")
-        elif not low <= power <= high:
+        elif not low <= power_mv <= high:
             findings.append("voltage_mismatch")
     if out["clock_skew_s"] is not None and abs(out["clock_skew_s"]) > CLOCK_SKEW_S:
         findings.append("clock_skew")
@@ -126,36 +223,113 @@ def _r(x: Any) -> float:
 SERIES_SQL = """
 SELECT fix_time, received_at, valid, latitude, longitude, speed_kmh, satellites, hdop,
        CASE WHEN ignition IS NULL THEN NULL WHEN ignition THEN 1 ELSE 0 END, power_mv, flags
-FROM positions WHERE device_id = %s AND fix_time > %s ORDER BY fix_time
+FROM positions WHERE device_id = %s AND fix_time > %s AND fix_time <= %s ORDER BY fix_time
+"""
+# Whether the device reported before the window: if not, the window starts at its first report.
+BEFORE_SQL = "SELECT 1 FROM positions WHERE device_id = %s AND fix_time <= %s LIMIT 1"
+SAVE_CADENCE_SQL = """
+INSERT INTO device_cadence (device_id, moving_interval_s, parked_interval_s, moving_samples, parked_samples)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (device_id) DO UPDATE SET
+    moving_interval_s = coalesce(EXCLUDED.moving_interval_s, device_cadence.moving_interval_s),
+    parked_interval_s = coalesce(EXCLUDED.parked_interval_s, device_cadence.parked_interval_s),
+    moving_samples = greatest(EXCLUDED.moving_samples, CASE WHEN EXCLUDED.moving_interval_s IS NULL
+                              THEN device_cadence.moving_samples ELSE 0 END),
+    parked_samples = greatest(EXCLUDED.parked_samples, CASE WHEN EXCLUDED.parked_interval_s IS NULL
+                              THEN device_cadence.parked_samples ELSE 0 END),
+    learned_at = now()
 """
 
 
-async def check(ctx: Context, device: Device) -> tuple[Step, Verdict | None, dict[str, Any]]:
-    """Returns the step, a verdict when the data alone decides it, and the figures."""
-    step = Step("reporting")
-    now = datetime.now(UTC)
-    cur = await ctx.conn.execute(SERIES_SQL, (device.id, now - WINDOW))
+@dataclass
+class Analysis:
+    figures: dict[str, Any]
+    cadence: Cadence
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.figures["findings"])
+
+    @property
+    def silent(self) -> bool:
+        return "silent" in self.figures["findings"]
+
+    @property
+    def silence_s(self) -> float | None:
+        age = self.figures["last_report_age_s"]
+        return None if age is None else float(age)
+
+
+async def analyse_device(ctx: Context, device: Device, now: datetime | None = None) -> Analysis:
+    """Reads the device's window and analyses it; keeps what it learned of the cadence."""
+    now = now or datetime.now(UTC)
+    start = now - WINDOW
+    cur = await ctx.conn.execute(SERIES_SQL, (device.id, start, now + timedelta(days=1)))
     rows = await cur.fetchall()
-    figures = analyse(Series.from_rows(rows), now=now.timestamp(), interval_s=float(device.report_interval_s),
-                      declared_v=device.supply_voltage_v,
+    series = Series.from_rows(rows)
+    if rows:
+        before = await (await ctx.conn.execute(BEFORE_SQL, (device.id, start))).fetchone()
+        if before is None:
+            start = min(rows[0][0], rows[0][1])  # its first report (by fix time, or arrival if earlier)
+    cadence = cadence_for(device, series, ctx.settings.parked_interval_s)
+    if cadence.moving_samples >= CADENCE_MIN_SAMPLES or cadence.parked_samples >= CADENCE_MIN_SAMPLES:
+        await ctx.conn.execute(SAVE_CADENCE_SQL, (
+            device.id,
+            cadence.learned_moving_s if cadence.moving_samples >= CADENCE_MIN_SAMPLES else None,
+            cadence.learned_parked_s if cadence.parked_samples >= CADENCE_MIN_SAMPLES else None,
+            cadence.moving_samples, cadence.parked_samples))
+    last_parked = _last_parked(device, series)
+    figures = analyse(series, now=now.timestamp(), cadence=cadence, declared_v=device.supply_voltage_v,
                       last_received=device.last_received_at.timestamp() if device.last_received_at else None,
-                      silent_factor=ctx.settings.silent_after_intervals)
-    findings = figures["findings"]
-    if "silent" in findings:
+                      last_parked=last_parked, silent_factor=ctx.settings.silent_after_intervals,
+                      window_start=start.timestamp())
+    return Analysis(figures, cadence)
+
+
+def _last_parked(device: Device, s: Series) -> bool:
+    """The state the vehicle was last seen in (its newest report by fix time)."""
+    if s.fix.size:
+        return bool(s.parked()[int(np.argmax(s.fix))])
+    if device.ignition is not None:
+        return not device.ignition
+    return not (device.speed_kmh or 0) > PARKED_MAX_SPEED_KMH
+
+
+def data_verdict(analysis: Analysis, device: Device) -> tuple[str, Text, Verdict] | None:
+    """The verdict the stored data alone gives for a device that reports: (status, summary, verdict)."""
+    findings = analysis.findings
+    figures = analysis.figures
+    if "frozen_position" in findings:
+        return "fail", Text("checklist:reporting.gps_frozen"), Verdict.GPS_FAULT
+    if "no_valid_fix" in findings:
+        return "fail", Text("checklist:reporting.gps_no_fix", reports=figures["no_fix_streak_reports"],
+                            minutes=round(figures["no_fix_streak_s"] / 60)), Verdict.GPS_FAULT
+    if "on_backup_battery" in findings:
+        return "fail", Text("checklist:reporting.power_backup", declared=device.supply_voltage_v), Verdict.POWER_FAULT
+    if "voltage_mismatch" in findings:
+        return "fail", Text("checklist:reporting.power_mismatch", volts=f"{figures['power_mv_median'] / 1000:.1f}",
+                            declared=device.supply_voltage_v), Verdict.POWER_FAULT
+    return None
+
+
+async def check(ctx: Context, device: Device) -> tuple[Step, Verdict | None, Analysis]:
+    """Returns the step, a verdict when the data alone decides it (None: silent), and the analysis."""
+    step = Step("reporting")
+    analysis = await analyse_device(ctx, device)
+    figures = analysis.figures
+    if analysis.silent:
         age = figures["last_report_age_s"]
-        summary = "never reported" if age is None else f"silent for {age:.0f} s (expected every {device.report_interval_s} s)"
-        return step.done("fail", summary, **figures), None, figures
-    if "frozen_position" in findings or "no_valid_fix" in findings:
-        what = "frozen position while moving" if "frozen_position" in findings else \
-            f"only {figures['valid_fix_share']:.0%} valid fixes"
-        return step.done("fail", f"reporting, but GPS is not usable: {what}", **figures), Verdict.GPS_FAULT, figures
-    if "on_backup_battery" in findings or "voltage_mismatch" in findings:
-        declared = f"{device.supply_voltage_v} V declared"
-        what = "on its backup battery (no vehicle power)" if "on_backup_battery" in findings else \
-            f"supply {figures['power_mv_median'] / 1000:.1f} V"
-        return step.done("fail", f"reporting, but {what}; {declared}", **figures), Verdict.POWER_FAULT, figures
-    status = "warn" if findings else "ok"
-    summary = f"{figures['reports_24h']} reports in 24 h, last {figures['last_report_age_s']:.0f} s ago"
-    if findings:
-        summary += f" (note: {', '.join(findings)})"
-    return step.done(status, summary, **figures), Verdict.HEALTHY, figures
+        summary = Text("checklist:reporting.never") if age is None else Text(
+            f"checklist:reporting.silent_{figures['state']}", age=round(age), expected=round(figures["expected_interval_s"]))
+        return step.done("fail", summary, **figures), None, analysis
+    decided = data_verdict(analysis, device)
+    if decided is not None:
+        status, summary, verdict = decided
+        return step.done(status, summary, **figures), verdict, analysis
+    notes = [f for f in figures["findings"] if f != "silent"]
+    summary = Text(f"checklist:reporting.ok_{figures['state']}", reports=figures["reports_24h"],
+                   hours=f"{figures['window_s'] / 3600:.1f}", age=round(figures["last_report_age_s"]),
+                   expected=round(figures["expected_interval_s"]))
+    if notes:
+        summary = Text.concat([summary, Text("checklist:reporting.notes", findings=", ".join(notes))])
+    return step.done("warn" if notes else "ok", summary, **figures), Verdict.HEALTHY, analysis

@@ -10,7 +10,7 @@ Families and the commands they answer (case-insensitive):
 * teltonika (FMB, SMS ``<login> <password> <command>``, empty credentials allowed):
   ``getgps``, ``getstatus``, ``getinfo``, ``getver``
 * gt06 (Concox): ``WHERE#``, ``STATUS#``, ``PARAM#``, ``URL#``
-* calamp (LMU): ``!R0`` (status), ``!RP,?`` (position)
+* calamp (LMU): ``!R0`` (text status), ``!R5`` / ``!RG`` (GPS status report: the position)
 * gl200 (Queclink): ``AT+GTRTO=<pwd>,1,...$`` (position, answered ``+RESP:GTRTL``), ``AT+GTRTO=<pwd>,0,...$`` (GPS info)
 * h02 (Sinotrack): ``WHERE``, ``G123456#``, ``RCONF``, ``CHECK``
 * osmand / json (phones, gateways): ``WHERE``, ``STATUS``
@@ -96,7 +96,7 @@ def _calamp(cmd: str, s: TerminalStatus) -> str:
         fix = "3D" if s.valid else "None"
         return (f"ESN:{s.identifier} GPS:{fix} Sats:{s.satellites if s.valid else 0} Ign:{'On' if s.ignition else 'Off'} "
                 f"Vin:{s.power_mv / 1000:.1f} Vbat:{s.battery_mv / 1000:.2f} Comm:{'Up' if s.data_link else 'Down'}")
-    if command.startswith("!RP") or command in GENERIC_POSITION:
+    if command in ("!R5", "!RG") or command in GENERIC_POSITION:
         return (f"ESN:{s.identifier} {s.fix_time:%m/%d/%y %H:%M:%S} Lat:{s.latitude:.5f} Lon:{s.longitude:.5f} "
                 f"Spd:{s.speed_kmh:.0f} Hdg:{s.course:.0f} Fix:{'Y' if s.valid else 'N'}")
     return f"ESN:{s.identifier} NAK"

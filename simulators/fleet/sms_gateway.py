@@ -19,6 +19,7 @@ import logging
 import struct
 from collections.abc import Callable
 
+from avl import gsm7
 from simulators.smsc.pdu import Bind, CommandId, Pdu, PduError, ShortMessage, Status, decode
 
 log = logging.getLogger("simulators.fleet.sms")
@@ -108,14 +109,29 @@ class SmsGateway:
             self._send(pdu.response(Status.ESME_RX_T_APPN))  # absent subscriber: the SMSC retries
             return
         self._send(pdu.response())
-        text = sm.payload.decode("utf-16-be" if sm.data_coding == 8 else "latin-1", errors="replace")
+        text = _text(sm)
         answer = terminal.on_sms(text)  # type: ignore[attr-defined]
         if answer:
             self.answered += 1
+            # Handsets speak the network's default alphabet (GSM 03.38), else UCS-2.
+            if gsm7.representable(answer):
+                body, coding = gsm7.encode(answer)[:160], 0
+            else:
+                body, coding = answer.encode("utf-16-be")[:140], 8
             reply = ShortMessage(source_addr=sm.destination_addr, dest_addr_ton=sm.source_addr_ton,
-                                 destination_addr=sm.source_addr, short_message=answer.encode("latin-1", "replace")[:254])
+                                 destination_addr=sm.source_addr, short_message=body, data_coding=coding)
             self._send(Pdu(CommandId.SUBMIT_SM, next(self._seq), body=reply))
         report_now = getattr(terminal, "report_now", None)
         offline = getattr(terminal, "offline", lambda: False)
         if report_now is not None and not offline():
             report_now()
+
+
+def _text(sm: ShortMessage) -> str:
+    """What the handset reads: UCS-2 (8), Latin-1 (3), or the GSM default alphabet (0) as
+    unpacked septets (octets above 0x7F cannot be septets: read as Latin-1)."""
+    if sm.data_coding == 8:
+        return sm.payload.decode("utf-16-be", errors="replace")
+    if sm.data_coding == 0 and all(b < 0x80 for b in sm.payload):
+        return gsm7.decode(sm.payload)
+    return sm.payload.decode("latin-1")

@@ -39,3 +39,18 @@ def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     assert results["machine"]["postgres"]["fsync"] == "on"
     assert results["ok"] is True
     assert json.loads(out.read_text())["end_to_end"]["positions_stored"] == e2e["positions_stored"]
+
+
+def test_diagnosis_benchmark_smoke() -> None:
+    # One vehicle of each fault kind among 40, a 40-second live tail: the run completes and reports on all.
+    from bench.diagnosis import EXPECTED
+    from bench.diagnosis import main as diagnosis
+
+    r = diagnosis(["--vehicles", "40", "--faulty", "0.2", "--live-s", "40", "--sweep-s", "5", "--sms-wait-s", "20",
+                   "--seed", "3"])
+    assert r["vehicles"] == 40 and r["injected_faults"] == len(EXPECTED)
+    assert sum(sum(row.values()) for row in r["matrix"].values()) == 40
+    assert set(r["matrix"]) == {"healthy", *EXPECTED}
+    # Whatever the verdicts of so short a run, no vehicle is sent to a workshop for nothing.
+    assert r["false_field_service_tickets"] == 0 and r["platform_tickets"] == 0
+    assert r["matrix"]["account_suspended"] == {"account_suspended": 1}

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "avl.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
-# Not exported yet: the diagnostics worker's counters the dashboard and alerts are written for
-# (deploy/README.md, "Monitoring"). name -> label names.
+# The diagnostics worker's counters the dashboard must show (deploy/README.md, "Monitoring").
+# name -> label names.
 PLANNED = {"avl_diagnostic_verdicts_total": ("verdict",), "avl_tickets_opened_total": ("category",)}
 # Labels Prometheus adds to every series, and the histogram bucket label.
 TARGET_LABELS = {"instance", "job", "host", "deployment"}
@@ -54,13 +54,14 @@ def alert_exprs() -> list[tuple[str, str]]:
 
 
 def defined_metrics() -> dict[str, tuple[str, ...]]:
-    """Sample name -> label names, for every metric of ingest/metrics.py (and the planned ones)."""
+    """Sample name -> label names, for every metric of ingest/metrics.py and diagnostics/metrics.py."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from ingest import metrics
+    from diagnostics import metrics as diagnostics_metrics
+    from ingest import metrics as ingest_metrics
 
     out: dict[str, tuple[str, ...]] = dict(PLANNED)
-    for obj in vars(metrics).values():
+    for obj in [*vars(ingest_metrics).values(), *vars(diagnostics_metrics).values()]:
         if not isinstance(obj, MetricWrapperBase):
             continue
         (family,) = obj.describe()

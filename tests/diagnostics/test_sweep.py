@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 
 from diagnostics.service import Worker
-from diagnostics.sweep import classify
+from diagnostics.sweep import classify, sweep
 from tests.diagnostics.harness import provision, reports, send_gl200, tickets
 from tests.ingest.harness import running_ingest, settings_for
 
@@ -83,3 +83,78 @@ async def test_only_one_worker_sweeps(db_url: str, tmp_path: Path) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         for w in workers:
             await w.close()
+
+
+async def test_the_sweep_judges_a_parked_vehicle_by_its_parked_cadence(db_url: str, tmp_path: Path) -> None:
+    moving, parked, learned = "862170010000101", "862170010000102", "862170010000103"
+    ids = provision(db_url, devices=[{"identifier": moving, "protocol": "gl200", "interval": 1},
+                                     {"identifier": parked, "protocol": "gl200", "interval": 1, "parked_interval_s": 30},
+                                     {"identifier": learned, "protocol": "gl200", "interval": 1}])
+    with psycopg.connect(db_url) as conn:  # what an earlier checklist run learned of this one's cadence
+        conn.execute("INSERT INTO device_cadence (device_id, moving_interval_s, parked_interval_s, moving_samples,"
+                     " parked_samples) VALUES (%s, 1, 40, 50, 50)", (ids[learned],))
+    settings = settings_for(tmp_path, silent_after_intervals=3)
+    async with running_ingest(settings, db_url) as svc:
+        await send_gl200(svc.tcp["gl200"].port, reports(moving, 2, minutes_ago=0.02, step_s=1))
+        for imei in (parked, learned):
+            await send_gl200(svc.tcp["gl200"].port, reports(imei, 2, minutes_ago=0.02, step_s=1, ignition=False,
+                                                            speed_kmh=0.0))
+        await asyncio.sleep(4)  # silent for 3 x 1 s, not for 3 x 30 s or 3 x 40 s
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            result = await sweep(conn, silent_factor=3, storm_share=0.9, storm_min=100,
+                                 parked_interval_s=settings.parked_interval_s)
+    assert sorted(result.silent.tolist()) == [ids[moving]]
+
+
+async def test_the_sweep_also_checks_reporting_devices_whose_latest_report_looks_wrong(db_url: str,
+                                                                                      tmp_path: Path) -> None:
+    no_fix, wrong_supply, fine = "862170010000201", "862170010000202", "862170010000203"
+    provision(db_url, devices=[{"identifier": i, "protocol": "gl200", "plate": f"AA{n}", "supply_voltage_v": 12}
+                               for n, i in enumerate((no_fix, wrong_supply, fine))])
+    settings = settings_for(tmp_path)
+    async with running_ingest(settings, db_url) as svc:
+        port = svc.tcp["gl200"].port
+        await send_gl200(port, reports(no_fix, 20, minutes_ago=10, step_s=30)
+                         + reports(no_fix, 12, minutes_ago=0.1, step_s=30, valid=False))
+        await send_gl200(port, reports(wrong_supply, 12, minutes_ago=0.1, power_mv=27_600))
+        await send_gl200(port, reports(fine, 12, minutes_ago=0.1))
+        worker = Worker(settings, db_url)
+        await worker.start()
+        try:
+            await worker.sweep_once()
+            await asyncio.gather(*list(worker._tasks))
+            await worker.sweep_once()  # checked once: not again within quality_recheck_s
+            assert not worker._tasks
+        finally:
+            await worker.close()
+    by_category = {t["category"]: t for t in tickets(db_url)}
+    assert set(by_category) == {"gps_fault", "power_fault"}
+    with psycopg.connect(db_url) as conn:
+        runs = conn.execute("SELECT d.identifier, r.verdict FROM diagnostic_runs r JOIN devices d ON d.id = r.device_id"
+                            " ORDER BY 1").fetchall()
+    assert runs == [(no_fix, "gps_fault"), (wrong_supply, "power_fault")]  # the healthy one was never checked
+
+
+async def test_no_storm_is_declared_while_terminals_reconnect_after_ingest_restarts(db_url: str,
+                                                                                   tmp_path: Path) -> None:
+    imeis = [f"86217002{i:07d}" for i in range(25)]
+    provision(db_url, devices=[{"identifier": i, "protocol": "gl200", "interval": 1} for i in imeis])
+    settings = settings_for(tmp_path, silent_after_intervals=2, storm_share=0.5, storm_min_devices=20,
+                            sweep_grace_s=600)
+    async with running_ingest(settings, db_url) as svc:  # ingest has just (re)started
+        await asyncio.gather(*(send_gl200(svc.tcp["gl200"].port, reports(i, 2, minutes_ago=0.05, step_s=1))
+                               for i in imeis))
+        await asyncio.sleep(2.5)  # everyone is silent: as after a restart, before the terminals reconnect
+        worker = Worker(settings, db_url)
+        await worker.start()
+        try:
+            await worker.sweep_once()
+            assert tickets(db_url) == []  # no incident, no device checks
+            with psycopg.connect(db_url) as conn:  # ten minutes later, still nobody back: that is an incident
+                conn.execute("UPDATE platform_status SET started_at = now() - interval '11 minutes'"
+                             " WHERE component = 'ingest'")
+            await worker.sweep_once()
+        finally:
+            await worker.close()
+    (incident,) = tickets(db_url)
+    assert incident["category"] == "platform_incident"

@@ -42,6 +42,7 @@ async def test_commands_reach_terminals_and_their_answers_come_back(db_url: str,
     assert receipts[sent["teltonika"]] == "DELIVRD" and receipts[sent["gt06"]] == "DELIVRD"
     assert receipts[sent["sim"]] == "UNDELIV"  # suspended SIM: the network refuses it
     assert receipts[sent["off"]] == "EXPIRED"  # powered off: retried until the validity ran out
-    assert replies[world.spec("teltonika").msisdn].startswith("Data Link: ")
-    assert "Lat:" in replies[world.spec("gt06").msisdn]
-    assert sim.msisdn not in replies and off.msisdn not in replies
+    # The link gives the handsets' numbers in E.164.
+    assert replies["+" + world.spec("teltonika").msisdn].startswith("Data Link: ")
+    assert "Lat:" in replies["+" + world.spec("gt06").msisdn]
+    assert "+" + sim.msisdn not in replies and "+" + off.msisdn not in replies
