@@ -21,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import avl
 from api import auth, console
-from api.deps import CurrentUser, pool
+from api.deps import AnyUser, ApiError, Db, pool
+from avl.config import Settings, load_settings
 from avl.db import first_line
 
 log = logging.getLogger("avl.api")
@@ -31,7 +32,51 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def create_app(database_url: str, *, read_url: str | None = None, pool_size: int = 10) -> FastAPI:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn must serve the app: ``X-Forwarded-For``/``-Proto`` are believed only from the
+    proxies in ``AVL_TRUSTED_PROXIES`` (uvicorn's own default trusts any local peer)."""
+    trusted = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with a 413, whether announced by
+    ``Content-Length`` or streamed in chunks (counted as they arrive)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _error(413, "body_too_large", self._message())(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise ApiError(413, "body_too_large", self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.limit} bytes (AVL_API_MAX_BODY_BYTES)"
+
+
+def create_app(database_url: str, *, read_url: str | None = None, pool_size: int = 10,
+               settings: Settings | None = None) -> FastAPI:
+    """The API with the console mounted. ``settings``: default the environment's (``AVL_*``)."""
+    settings = settings or load_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = AsyncConnectionPool(database_url, min_size=1, max_size=pool_size, open=False,
@@ -70,8 +115,8 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
             return _error(422, "invalid_request", "the request body is not valid UTF-8 JSON")
         if isinstance(exc.detail, dict) and "error" in exc.detail:
             return JSONResponse(exc.detail, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error")
+        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "body_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -84,6 +129,11 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
     async def bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
         # A value the database cannot hold (an id beyond bigint, a NUL character in text): the client's input.
         return _error(422, "invalid_request", f"a value cannot be stored or compared: {first_line(exc)}")
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # JSON nested thousands deep: the parser (or what walks the result) runs out of stack.
+        return _error(422, "invalid_request", "the request body is nested too deeply")
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
@@ -114,14 +164,17 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
 
     @app.get("/api/v1/me", tags=["access"], summary="The user behind the token",
              responses={401: COMMON_RESPONSES[401], 403: COMMON_RESPONSES[403]})
-    async def me(user: CurrentUser) -> dict[str, Any]:
+    async def me(user: AnyUser, conn: Db) -> dict[str, Any]:
+        chosen = await auth.language_of(conn, user.id)  # the console's language (PUT /api/v1/auth/language)
         return {"id": user.id, "name": user.name, "email": user.email, "role": user.role,
                 "account_id": user.account_id, "installation_center_id": user.installation_center_id,
-                "account_status": user.account_status, "must_change_password": user.must_change_password}
+                "account_status": user.account_status, "must_change_password": user.must_change_password,
+                "password_change_required": user.password_change_pending,
+                "language": chosen or settings.language, "language_preference": chosen}
 
-    app.state.login_limiter = auth.LoginLimiter()
+    app.state.settings = settings  # what routes read per request (e.g. AVL_LANGUAGE for the certificate)
     app.include_router(auth.router, responses={401: COMMON_RESPONSES[401], 422: COMMON_RESPONSES[422]})
-    for module in ("fleet", "live", "support", "installers", "admin"):
+    for module in ("fleet", "live", "support", "installers", "admin", "client_tickets", "billing"):
         try:
             routes = __import__(f"api.routes.{module}", fromlist=["router"])
         except ModuleNotFoundError as exc:
@@ -130,6 +183,7 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
             continue
         app.include_router(routes.router, responses=COMMON_RESPONSES)
     console.mount(app)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

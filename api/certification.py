@@ -25,8 +25,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from avl.i18n import t
+from diagnostics.commands import status_command as family_status_command
 from diagnostics.steps.reporting import ON_BACKUP_BELOW_MV, VOLTAGE_RANGE
-from diagnostics.steps.sms_ping import COMMANDS, FAILED_RECEIPTS
+from diagnostics.steps.sms_ping import FAILED_RECEIPTS
 from ingest.pipeline import FLAG_BUFFERED, FLAG_NULL_ISLAND
 
 CHECKS = ("reporting_interval", "gps_fix", "ignition", "supply_voltage", "sms_round_trip", "at_center")
@@ -46,8 +48,7 @@ IGNORED_FLAGS = FLAG_BUFFERED
 
 def status_command(protocol: str, identifier: str) -> str | None:
     """The protocol family's SMS status command (as the diagnostics SMS ping sends it)."""
-    template = COMMANDS.get(protocol)
-    return template.format(identifier=identifier) if template else None
+    return family_status_command(protocol, identifier)
 
 
 @dataclass
@@ -97,11 +98,43 @@ class Inputs:
 class Check:
     name: str
     status: str  # green | red | pending
-    summary: str
+    summary: str  # in English, for the API
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The summary as keys of the ``certificate`` catalogue (``summary.<name>.<key>``) with their
+    # parameters, joined by "; ": the certificate prints it in its own language. Snapshots
+    # stored before the catalogue have none, and print the English summary.
+    messages: list[list[Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "summary": self.summary, "evidence": self.evidence}
+        return {"name": self.name, "status": self.status, "summary": self.summary, "evidence": self.evidence,
+                "messages": self.messages}
+
+    def text(self, lang: str) -> str:
+        """The summary in ``lang`` (``es`` or ``en``)."""
+        if not self.messages:
+            return self.summary
+        return "; ".join(t(f"certificate:summary.{self.name}.{key}", lang, **{k: _number(v, lang) for k, v in params.items()})
+                         for key, params in self.messages)
+
+
+def _number(value: Any, lang: str) -> str:
+    """A parameter as printed: floats with one decimal (a decimal comma in Spanish)."""
+    if isinstance(value, float):
+        text = f"{value:.1f}"
+        return text.replace(".", ",") if lang == "es" else text
+    return str(value)
+
+
+def _whole(value: float) -> int | float:
+    """An int when ``value`` is one (8 satellites, not 8.0)."""
+    return int(value) if float(value).is_integer() else round(float(value), 1)
+
+
+def _check(name: str, status: str, evidence: dict[str, Any], *messages: tuple[str, dict[str, Any]]) -> Check:
+    parts = [[key, params] for key, params in messages]
+    check = Check(name, status, "", evidence, parts)
+    check.summary = check.text("en")
+    return check
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -118,13 +151,13 @@ def evaluate(inp: Inputs) -> list[Check]:
 
 
 def _interval(inp: Inputs, located: list[Reading]) -> Check:
-    expected = inp.interval_s
+    name, expected = "reporting_interval", inp.interval_s
     elapsed = (inp.now - inp.started_at).total_seconds()
     ev: dict[str, Any] = {"reports": len(located), "expected_interval_s": expected}
     if not located:
         if elapsed > SILENT_AFTER_INTERVALS * expected:
-            return Check("reporting_interval", RED, f"no report in the {elapsed:.0f} s since the start", ev)
-        return Check("reporting_interval", PENDING, "waiting for the first report", ev)
+            return _check(name, RED, ev, ("no_report", {"elapsed": round(elapsed)}))
+        return _check(name, PENDING, ev, ("waiting", {}))
     newest = max(r.received_at for r in located)
     age = (inp.now - newest).total_seconds()
     ev["last_report_age_s"] = round(age, 1)
@@ -133,19 +166,19 @@ def _interval(inp: Inputs, located: list[Reading]) -> Check:
         ev["median_gap_s"] = round(median(gaps), 1)
         ev["longest_gap_s"] = round(max(gaps), 1)
     if age > SILENT_AFTER_INTERVALS * expected:
-        return Check("reporting_interval", RED, f"silent for {age:.0f} s (expected every {expected} s)", ev)
+        return _check(name, RED, ev, ("silent", {"age": round(age), "expected": expected}))
     if len(located) < MIN_REPORTS:
-        return Check("reporting_interval", PENDING, f"{len(located)} of {MIN_REPORTS} reports needed to see the interval", ev)
+        return _check(name, PENDING, ev, ("need_reports", {"count": len(located), "needed": MIN_REPORTS}))
+    gap = round(ev["median_gap_s"])
     if ev["median_gap_s"] > INTERVAL_TOLERANCE * expected:
-        return Check("reporting_interval", RED, f"reports every {ev['median_gap_s']:.0f} s, expected every {expected} s", ev)
-    return Check("reporting_interval", GREEN, f"{len(located)} reports, every {ev['median_gap_s']:.0f} s"
-                 f" (expected {expected} s)", ev)
+        return _check(name, RED, ev, ("too_slow", {"gap": gap, "expected": expected}))
+    return _check(name, GREEN, ev, ("ok", {"count": len(located), "gap": gap, "expected": expected}))
 
 
 def _fix(located: list[Reading]) -> Check:
-    recent = located[-FIX_WINDOW:]
+    name, recent = "gps_fix", located[-FIX_WINDOW:]
     if not recent:
-        return Check("gps_fix", PENDING, "waiting for a located report")
+        return _check(name, PENDING, {}, ("waiting", {}))
     valid = [r for r in recent if r.valid]
     sats = [r.satellites for r in recent if r.satellites is not None]
     hdops = [r.hdop for r in recent if r.hdop is not None and r.hdop > 0]
@@ -156,20 +189,24 @@ def _fix(located: list[Reading]) -> Check:
     not_reported = [what for what, values in (("satellites", sats), ("HDOP", hdops)) if not values]
     if not_reported:
         ev["not_reported_by_protocol"] = not_reported
-    problems = []
+    problems: list[tuple[str, dict[str, Any]]] = []
     if len(valid) < len(recent):
-        problems.append(f"{len(recent) - len(valid)} of the last {len(recent)} fixes invalid")
+        problems.append(("invalid", {"bad": len(recent) - len(valid), "count": len(recent)}))
     if sats and median(sats) < MIN_SATELLITES:
-        problems.append(f"{median(sats):g} satellites (at least {MIN_SATELLITES} needed)")
+        problems.append(("few_satellites", {"satellites": _whole(median(sats)), "needed": MIN_SATELLITES}))
     if hdops and median(hdops) > MAX_HDOP:
-        problems.append(f"HDOP {median(hdops):.1f} (at most {MAX_HDOP:g})")
+        problems.append(("high_hdop", {"hdop": round(float(median(hdops)), 1), "limit": _whole(MAX_HDOP)}))
     if problems:
         # A receiver still acquiring its first fix gets a few reports' grace.
-        status = RED if len(recent) >= MIN_REPORTS else PENDING
-        return Check("gps_fix", status, "; ".join(problems), ev)
-    quality = ", ".join(part for part in (f"{median(sats):g} satellites" if sats else "",
-                                          f"HDOP {median(hdops):.1f}" if hdops else "") if part)
-    return Check("gps_fix", GREEN, f"valid fix in the last {len(recent)} reports" + (f" ({quality})" if quality else ""), ev)
+        return _check(name, RED if len(recent) >= MIN_REPORTS else PENDING, ev, *problems)
+    quality: dict[str, Any] = {"count": len(recent)}
+    if sats:
+        quality["satellites"] = _whole(median(sats))
+    if hdops:
+        quality["hdop"] = round(float(median(hdops)), 1)
+    key = {(True, True): "ok_both", (True, False): "ok_satellites", (False, True): "ok_hdop"}.get(
+        (bool(sats), bool(hdops)), "ok")
+    return _check(name, GREEN, ev, (key, quality))
 
 
 def _ignition(readings: list[Reading]) -> Check:
@@ -177,68 +214,73 @@ def _ignition(readings: list[Reading]) -> Check:
     off = [r.fix_time for r in readings if r.ignition is False]
     ev = {"on_seen_at": min(on).isoformat() if on else None, "off_seen_at": min(off).isoformat() if off else None}
     if on and off:
-        return Check("ignition", GREEN, "ignition seen on and off", ev)
-    missing = " and ".join(w for w, seen in (("on", on), ("off", off)) if not seen)
-    return Check("ignition", PENDING, f"turn the ignition {missing}: not seen yet", ev)
+        return _check("ignition", GREEN, ev, ("ok", {}))
+    key = "waiting_off" if on else "waiting_on" if off else "waiting_both"
+    return _check("ignition", PENDING, ev, (key, {}))
 
 
 def _voltage(inp: Inputs) -> Check:
+    name = "supply_voltage"
     powers = [r.power_mv for r in inp.readings if r.power_mv is not None and r.power_mv > 10]
     ev: dict[str, Any] = {"declared_v": inp.declared_v, "readings": len(powers)}
     if inp.declared_v not in VOLTAGE_RANGE:
-        return Check("supply_voltage", RED, "the vehicle has no declared supply voltage (12 or 24 V)", ev)
+        return _check(name, RED, ev, ("undeclared", {}))
     low, high = VOLTAGE_RANGE[inp.declared_v]
     ev["accepted_mv"] = [low, high]
     if not powers:
-        return Check("supply_voltage", PENDING, "waiting for a report with the supply voltage", ev)
+        return _check(name, PENDING, ev, ("waiting", {}))
     measured = int(median(powers))
     ev["measured_mv_median"] = measured
+    volts = {"volts": round(measured / 1000, 1), "declared": inp.declared_v}
     if measured < ON_BACKUP_BELOW_MV:
-        return Check("supply_voltage", RED, f"{measured / 1000:.1f} V: running on the backup battery, not on vehicle power", ev)
+        return _check(name, RED, ev, ("backup", volts))
     if not low <= measured <= high:
-        return Check("supply_voltage", RED, f"{measured / 1000:.1f} V does not match the {inp.declared_v} V declaration", ev)
-    return Check("supply_voltage", GREEN, f"{measured / 1000:.1f} V on a {inp.declared_v} V vehicle", ev)
+        return _check(name, RED, ev, ("mismatch", volts))
+    return _check(name, GREEN, ev, ("ok", volts))
 
 
 def _sms(inp: Inputs) -> Check:
-    sms = inp.sms
+    name, sms = "sms_round_trip", inp.sms
     ev: dict[str, Any] = {"msisdn": sms.msisdn, "command": sms.command, "status": sms.status,
                           "queued_at": sms.queued_at.isoformat() if sms.queued_at else None,
                           "reply": sms.reply, "reply_at": sms.reply_at.isoformat() if sms.reply_at else None}
     if not sms.msisdn:
-        return Check("sms_round_trip", RED, "the terminal has no MSISDN: no SMS round trip possible", ev)
+        return _check(name, RED, ev, ("no_msisdn", {}))
     if sms.command is None:
-        return Check("sms_round_trip", RED, "this protocol takes no SMS status command", ev)
+        return _check(name, RED, ev, ("no_command", {}))
     if sms.reply_at is not None:
-        return Check("sms_round_trip", GREEN, f"the terminal answered: {sms.reply!r}"[:200], ev)
+        return _check(name, GREEN, ev, ("answered", {"reply": repr(sms.reply)[:180]}))
     if sms.status in FAILED_RECEIPTS or sms.status == "failed":
-        return Check("sms_round_trip", RED, f"the status SMS was not delivered ({sms.status}"
-                     + (f": {sms.error}" if sms.error else "") + ")", ev)
+        if sms.error:
+            return _check(name, RED, ev, ("undelivered_error", {"status": sms.status, "error": sms.error}))
+        return _check(name, RED, ev, ("undelivered", {"status": sms.status}))
     if inp.now - inp.started_at > SMS_REPLY_TIMEOUT:
-        return Check("sms_round_trip", RED, f"no SMS answer within {SMS_REPLY_TIMEOUT.seconds // 60} minutes", ev)
-    return Check("sms_round_trip", PENDING, f"status SMS {sms.status or 'queued'}; waiting for the terminal's answer", ev)
+        return _check(name, RED, ev, ("timeout", {"minutes": SMS_REPLY_TIMEOUT.seconds // 60}))
+    return _check(name, PENDING, ev, ("waiting", {"status": sms.status or "queued"}))
 
 
 def _at_center(inp: Inputs, located: list[Reading]) -> Check:
+    name = "at_center"
     ev: dict[str, Any] = {"center": inp.center, "radius_m": inp.radius_m}
     fixes = [r for r in located if r.valid and r.latitude is not None and r.longitude is not None]
     if not fixes:
-        return Check("at_center", PENDING, "waiting for a valid fix", ev)
+        return _check(name, PENDING, ev, ("waiting", {}))
     last = fixes[-1]
     assert last.latitude is not None and last.longitude is not None
     meters = distance_m(last.latitude, last.longitude, inp.center_lat, inp.center_lon)
     ev.update(distance_m=round(meters), latitude=last.latitude, longitude=last.longitude,
               fix_time=last.fix_time.isoformat())
+    where = {"center": inp.center, "radius": inp.radius_m, "meters": round(meters), "km": round(meters / 1000, 1)}
     if meters > inp.radius_m:
-        where = f"{meters / 1000:.1f} km" if meters >= 1000 else f"{meters:.0f} m"
-        return Check("at_center", RED, f"the vehicle is {where} from {inp.center} (at most {inp.radius_m} m)", ev)
-    return Check("at_center", GREEN, f"the vehicle is {meters:.0f} m from {inp.center}", ev)
+        return _check(name, RED, ev, ("too_far_km" if meters >= 1000 else "too_far_m", where))
+    return _check(name, GREEN, ev, ("ok", where))
 
 
 # Loading -------------------------------------------------------------------------------------------------------------
 
 CERT_SQL = """
-SELECT c.*, d.identifier, d.protocol, d.msisdn, d.report_interval_s, d.account_id, d.installed_at,
+SELECT c.*, d.identifier, d.protocol, d.msisdn, d.report_interval_s, d.account_id, d.vehicle_id, d.installed_at,
+       d.purchased_at, d.proof_of_purchase,
        v.plate, v.supply_voltage_v, v.kind AS vehicle_kind, a.name AS account_name,
        ic.name AS center_name, ic.latitude AS center_lat, ic.longitude AS center_lon, ic.address AS center_address,
        u.name AS installer_name

@@ -8,7 +8,11 @@ served by the API app under ``/console``.
 - ``/console/config.js``: the console's runtime settings (an optional raster tile URL; without
   one the map draws the light vector basemap shipped in ``web/basemap``; no CDN, no public tile
   server at run time).
-- Leaflet is vendored in ``web/vendor/leaflet`` (see ``web/VENDOR.md``).
+- ``/console/i18n/<lang>/<namespace>.json``: the message catalogues of ``avl/i18n`` (the console's
+  words are in the ``console`` namespace), loaded by i18next in the browser: Spanish (es-VE) by
+  default, English by the user's choice (``users.language``, on ``/api/v1/me``); the login page
+  follows the browser's ``Accept-Language`` (``config.js`` says which).
+- Leaflet, its plugins and i18next are vendored in ``web/vendor`` (see ``web/VENDOR.md``).
 
 ``mount(app)`` adds these routes to an app made by ``api.app.create_app``.
 """
@@ -17,13 +21,18 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from avl import i18n
+from ingest.protocols import ALL_NAMES
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGES = ("login", "map", "support", "certify")
@@ -49,8 +58,9 @@ def mount(app: FastAPI, *, tile_url: str | None = None, tile_attribution: str | 
     if not (root / "login.html").is_file():
         raise RuntimeError(f"web console assets not found in {root}")
     tiles = tile_url if tile_url is not None else (os.environ.get(TILE_URL_ENV) or None)
-    config: dict[str, Any] = {"tileUrl": tiles, "tileAttribution": tile_attribution}
-    headers = {"Content-Security-Policy": _csp(tiles), "X-Content-Type-Options": "nosniff",
+    config: dict[str, Any] = {"tileUrl": tiles, "tileAttribution": tile_attribution, "languages": list(i18n.LANGUAGES),
+                              "protocols": sorted(ALL_NAMES)}
+    headers = {"Content-Security-Policy": _csp(tiles), "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
                "Referrer-Policy": "same-origin", "Cache-Control": "no-cache"}
 
     def page(name: str) -> Any:
@@ -65,16 +75,42 @@ def mount(app: FastAPI, *, tile_url: str | None = None, tile_attribution: str | 
     for name in PAGES:
         app.add_api_route(f"/console/{name}", page(name), methods=["GET"], include_in_schema=False)
 
-    async def config_js() -> Response:
-        body = f"window.AVL_CONSOLE = {json.dumps(config)};\n"
-        return Response(body, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"})
+    async def config_js(request: Request) -> Response:
+        # The login page's language, before anyone is logged in: the browser's Accept-Language.
+        here = {**config, "language": i18n.language(request.headers.get("accept-language"))}
+        body = f"window.AVL_CONSOLE = {json.dumps(here)};\n"
+        return Response(body, media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "Vary": "Accept-Language"})
+
+    async def messages(lang: str, namespace: str) -> Response:
+        if lang not in i18n.LANGUAGES or namespace not in i18n.namespaces():
+            return JSONResponse({"error": "not_found", "message": f"messages {lang}/{namespace} not found"},
+                                status_code=404)
+        path = resources.files(i18n).joinpath(lang, f"{namespace}.json")
+        return Response(path.read_bytes(), media_type="application/json; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     async def home() -> RedirectResponse:
         return RedirectResponse("/console/login", status_code=307)
 
     app.add_api_route("/console/config.js", config_js, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/console/i18n/{lang}/{namespace}.json", messages, methods=["GET"], include_in_schema=False)
     app.add_api_route("/console", home, methods=["GET"], include_in_schema=False)
     app.add_api_route("/console/", home, methods=["GET"], include_in_schema=False)
     if not any(getattr(r, "path", None) == "/" for r in app.routes):
         app.add_api_route("/", home, methods=["GET"], include_in_schema=False)
-    app.mount("/console", StaticFiles(directory=root), name="console")
+    app.mount("/console", _Static(directory=root, headers=headers), name="console")
+
+
+class _Static(StaticFiles):
+    """The console's files with the pages' security headers on every one of them: ``/console/map.html``
+    is the same page as ``/console/map`` and must not be framable or run under a weaker policy."""
+
+    def __init__(self, *, directory: Path, headers: dict[str, str]) -> None:
+        super().__init__(directory=directory)
+        self.security_headers = headers
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(self.security_headers)
+        return response

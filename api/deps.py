@@ -51,45 +51,68 @@ class User:
     installation_center_id: int | None
     account_status: str | None
     must_change_password: bool
+    token_id: int = 0  # the API token or console session this request came with
+    token_kind: str = "api"  # api | session
 
     def account_scope(self) -> int | None:
         """The account a query must be limited to (clients), or None (staff roles see all)."""
         return self.account_id if self.role == "client" else None
 
+    @property
+    def password_change_pending(self) -> bool:
+        """A console session of a user who must change the password first (a password known to
+        someone else, e.g. set at certification): it may only change it, ask who it is, or log out.
+        API tokens are issued by an admin, not derived from the password, and are not held back."""
+        return self.must_change_password and self.token_kind == "session"
+
 
 class ApiError(HTTPException):
     """An error a person reads: one line, and a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, detail={"error": code, "message": message})
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail={"error": code, "message": message}, headers=headers)
 
 
 def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-async def current_user(
-    conn: Db,
-    authorization: Annotated[str | None, Header(description="`Bearer <API token>`")] = None,
-    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE, include_in_schema=False)] = None,
-) -> User:
-    """The user behind the bearer token or the console's session cookie."""
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization.split(None, 1)[1].strip()
-    elif session:
-        token = session
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None when absent or blank)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+TOKEN_USER_SQL = """
+SELECT u.id, u.name, u.email, u.role, u.account_id, u.installation_center_id, a.status AS account_status,
+       u.must_change_password, t.id AS token_id, t.kind AS token_kind
+FROM api_tokens t JOIN users u ON u.id = t.user_id LEFT JOIN accounts a ON a.id = u.account_id
+WHERE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) AND u.active
+"""
+
+
+async def authenticate(conn: AsyncConnection, token: str | None, *, touch: bool = True) -> User:
+    """The user behind an API token or console session, or a 401; a retired account's users get 403."""
     if not token:
         raise ApiError(401, "unauthenticated", "missing bearer token")
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "UPDATE api_tokens t SET last_used_at = now() FROM users u LEFT JOIN accounts a ON a.id = u.account_id"
-            " WHERE t.token_hash = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())"
-            " AND u.id = t.user_id AND u.active"
-            " RETURNING u.id, u.name, u.email, u.role, u.account_id, u.installation_center_id,"
-            " a.status AS account_status, u.must_change_password",
-            (hash_token(token),))
+        if touch:
+            await cur.execute(
+                "UPDATE api_tokens t SET last_used_at = now() FROM (" + TOKEN_USER_SQL + " AND t.token_hash = %s) x"
+                " WHERE t.id = x.token_id RETURNING x.*", (hash_token(token),))
+        else:
+            await cur.execute(TOKEN_USER_SQL + " AND t.token_hash = %s", (hash_token(token),))
         row = await cur.fetchone()
+        if row is None:
+            # Retiring an account revokes its users' tokens (avl.billing): say why, as before.
+            await cur.execute("SELECT 1 FROM api_tokens WHERE token_hash = %s AND revoked_reason = 'account_retired'",
+                              (hash_token(token),))
+            if await cur.fetchone() is not None:
+                raise ApiError(403, "account_retired", "this account's service was retired: access blocked")
     if row is None:
         raise ApiError(401, "unauthenticated", "invalid, expired or revoked token")
     user = User(**row)
@@ -99,6 +122,25 @@ async def current_user(
     return user
 
 
+async def any_user(
+    conn: Db,
+    authorization: Annotated[str | None, Header(description="`Bearer <API token>`")] = None,
+    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE, include_in_schema=False)] = None,
+) -> User:
+    """The user behind the bearer token or the console's session cookie, even one who must
+    change the password first (for ``/me``, the password change and logout only)."""
+    return await authenticate(conn, bearer(authorization) or session)
+
+
+async def current_user(user: Annotated[User, Depends(any_user)]) -> User:
+    """The user behind the request; a session that must change its password first gets a 403."""
+    if user.password_change_pending:
+        raise ApiError(403, "password_change_required",
+                       "change your password first (POST /api/v1/auth/password); nothing else is open until then")
+    return user
+
+
+AnyUser = Annotated[User, Depends(any_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
 
 

@@ -281,6 +281,7 @@ def parse_zone(geojson: dict[str, Any]) -> tuple[BaseGeometry, tuple[float, floa
     kind = geojson.get("type")
     if kind not in ("Polygon", "MultiPolygon"):
         raise GeometryError(f"type must be Polygon or MultiPolygon, not {kind!r}")
+    _check_nesting(geojson.get("coordinates"), 2 if kind == "Polygon" else 3, kind)
     try:
         geom = shape(geojson)
     except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.GEOSException) as exc:
@@ -300,6 +301,20 @@ def parse_zone(geojson: dict[str, Any]) -> tuple[BaseGeometry, tuple[float, floa
     if geom.area <= 0:
         raise GeometryError("the polygon has no area")
     return geom, (min_lon, min_lat, max_lon, max_lat)
+
+
+def _check_nesting(coordinates: Any, levels: int, kind: str) -> None:
+    """Rings of [lon, lat] positions exactly ``levels`` lists deep, checked level by level (no
+    recursion: a body nested thousands deep must be a 422, not a RecursionError)."""
+    items = [coordinates]
+    for _ in range(levels):
+        if not all(isinstance(item, list) for item in items):
+            raise GeometryError(f"coordinates are not a {kind}: expected nested lists of [longitude, latitude]")
+        items = [inner for item in items for inner in item]
+    for position in items:
+        if not (isinstance(position, list) and 2 <= len(position) <= 3
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)):
+            raise GeometryError(f"coordinates are not a {kind}: a position is [longitude, latitude]")
 
 
 def as_geojson(geom: BaseGeometry) -> dict[str, Any]:

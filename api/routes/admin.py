@@ -2,8 +2,10 @@
 installation centers, users and API tokens.
 
 The operations and their one-line messages follow ``avl.admin`` (the ``avl`` command's),
-reimplemented on the API's async connection. Account status follows the service: non-payment
-suspends the account, payment reconnects it (and its terminals' lines), retiring it blocks the
+reimplemented on the API's async connection. An account's status and pre-paid balance are
+``avl.billing``'s operations, the same the ``avl`` command runs, each recorded with who did it and
+why (``GET /billing/status-changes``, ``/billing/ledger``): non-payment suspends the account and
+its lines, payment reconnects it (and the lines its suspension suspended), retiring it blocks the
 customer's web access and suspends every terminal's line.
 """
 
@@ -15,22 +17,33 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
+from api.auth import hashed
 from api.deps import ApiError, Db, User, not_found, require
-from avl.admin import TOKEN_PREFIX, hash_password, hash_token
+from api.fields import Msisdn
+from api.routes.billing import AccountBilling, LedgerEntry, account_out, actor_of, call, settings_of, stored_lang
+from avl import billing
+from avl.admin import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    TOKEN_PREFIX,
+    AdminError,
+    check_password,
+    email_key,
+    hash_token,
+)
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
 Admin = Annotated[User, require("admin")]
 
-Role = Literal["client", "support", "installer", "admin"]
+Role = Literal["client", "support", "installer", "admin", "billing"]  # billing: the billing system
 VehicleKind = Literal["car", "van", "truck", "bus", "motorcycle", "other"]
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-MSISDN = r"^\+?[0-9]{6,15}$"
 
 
 async def _one(conn: AsyncConnection, query: str | sql.Composed, params: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -68,7 +81,7 @@ class AccountIn(BaseModel):
     balance: Decimal = Field(Decimal(0), ge=0, max_digits=12, decimal_places=2, examples=["0.00"])
     plan_code: str = Field("PLOCVEHC", min_length=1, max_length=32, examples=["PLOCVEHC"])
     contact_name: str | None = Field(default=None, max_length=200, examples=["Luis Mora"])
-    contact_msisdn: str | None = Field(default=None, pattern=MSISDN, examples=["584120000000"])
+    contact_msisdn: Msisdn | None = Field(default=None, description="The contact's mobile (stored in E.164)")
     contact_email: str | None = Field(default=None, pattern=EMAIL, examples=["flota@avila.example"])
 
 
@@ -76,11 +89,47 @@ class StatusReason(BaseModel):
     reason: str | None = Field(default=None, max_length=200, examples=["non-payment"])
 
 
+class SuspendIn(StatusReason):
+    cause: Literal["non_payment", "administrative"] = Field(
+        "non_payment", description="non_payment: a payment received (billing system) reconnects it; administrative: "
+        "only an administrator does", examples=["non_payment"])
+
+
+class RetireIn(StatusReason):
+    kind: Literal["voluntary", "non_payment", "by_payment"] = Field(description="the procedure's retirement kinds",
+                                                                    examples=["voluntary"])
+    letter_reference: str | None = Field(default=None, max_length=100, description="voluntary: the reference of the "
+                                         "request letter signed by the legal representative", examples=["CR-2026-118"])
+    force_reason: str | None = Field(default=None, max_length=200, description="voluntary, before the minimum "
+                                     "permanence (AVL_MIN_PERMANENCE_MONTHS): why it is retired anyway",
+                                     examples=[None])
+
+
+class MovementIn(BaseModel):
+    amount: Decimal = Field(max_digits=12, decimal_places=2, description="top-up: more than zero; adjustment: "
+                            "signed, not zero", examples=["50.00"])
+    reference: str | None = Field(default=None, min_length=1, max_length=100, description="makes it idempotent: the "
+                                  "same reference again is the same movement", examples=["TU-000981"])
+    reason: str | None = Field(default=None, max_length=200, examples=["Tarjeta Única"])
+
+
+class MovementOut(BaseModel):
+    entry: LedgerEntry
+    replayed: bool = Field(description="the reference was posted before: nothing was added again", examples=[False])
+    reconnected: bool = Field(description="the top-up reconnected an account suspended for lack of balance",
+                              examples=[False])
+    suspended: bool = Field(description="the movement took the balance to zero or below: the account was suspended",
+                            examples=[False])
+    account: AccountBilling
+
+
 class Account(BaseModel):
     id: int = Field(examples=[1])
     name: str = Field(examples=["Transportes Ávila"])
     status: Literal["active", "suspended", "retired"] = Field(examples=["active"])
     status_reason: str | None = Field(examples=[None])
+    status_cause: str | None = Field(description="suspended: non_payment, no_balance, administrative; retired: "
+                                                 "voluntary, non_payment, by_payment", examples=[None])
     status_changed_at: datetime
     billing: str = Field(examples=["post_paid"])
     balance: Decimal = Field(examples=["0.00"])
@@ -141,43 +190,76 @@ async def get_account(account_id: int, user: Admin, conn: Db) -> Account:
     return await _account(conn, account_id)
 
 
-async def _set_status(conn: AsyncConnection, account_id: int, action: str, reason: str | None) -> Account:
-    """``avl.admin.set_account_status`` on the async connection."""
-    async with conn.transaction():
-        account = await _one(conn, "SELECT id, name, status FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
-        if account is None:
-            raise not_found(f"account {account_id}")
-        if account["status"] == "retired" and action != "retire":
-            raise ApiError(409, "account_retired",
-                           f"account {account['name']!r} is retired; a retired account cannot be {action}ed")
-        status, default_reason = {"suspend": ("suspended", "non-payment"), "reconnect": ("active", None),
-                                  "retire": ("retired", "service retired")}[action]
-        await conn.execute("UPDATE accounts SET status = %s, status_reason = %s, status_changed_at = now() WHERE id = %s",
-                           (status, reason or default_reason, account_id))
-        line = {"retire": "suspended", "reconnect": "active"}.get(action)
-        if line:
-            await conn.execute("UPDATE devices SET line_status = %s WHERE account_id = %s", (line, account_id))
+@router.post("/accounts/{account_id}/suspend", response_model=Account, summary="Suspend an account",
+             responses={409: {"description": "the account is retired"}})
+async def suspend_account(account_id: int, request: Request, user: Admin, conn: Db,
+                          body: SuspendIn | None = None) -> Account:
+    """For non-payment (default) or an administrative cause: recorded in the account's status changes.
+    Its users can still log in and see why, but receive no live data; its active lines are suspended.
+    Suspending a suspended account changes nothing."""
+    await call(request, conn, user, billing.suspend(account_id, cause=body.cause if body else "non_payment",
+                                              reason=body.reason if body else None, actor=actor_of(user), via="api"))
     return await _account(conn, account_id)
 
 
-@router.post("/accounts/{account_id}/suspend", response_model=Account, summary="Suspend an account (non-payment)",
-             responses={409: {"description": "the account is retired"}})
-async def suspend_account(account_id: int, user: Admin, conn: Db, body: StatusReason | None = None) -> Account:
-    """Its users can still log in and see why, but receive no live data until payment."""
-    return await _set_status(conn, account_id, "suspend", body.reason if body else None)
-
-
 @router.post("/accounts/{account_id}/reconnect", response_model=Account, summary="Reconnect an account (payment)",
-             responses={409: {"description": "the account is retired"}})
-async def reconnect_account(account_id: int, user: Admin, conn: Db) -> Account:
-    """Service resumes; the terminals' lines are active again."""
-    return await _set_status(conn, account_id, "reconnect", None)
+             responses={409: {"description": "the account is retired, or pre-paid without balance (top it up)"}})
+async def reconnect_account(account_id: int, request: Request, user: Admin, conn: Db,
+                            body: StatusReason | None = None) -> Account:
+    """Service resumes; the lines the suspension suspended are active again (a line suspended on its
+    own stays suspended)."""
+    await call(request, conn, user, billing.reconnect(account_id, reason=body.reason if body else None, actor=actor_of(user),
+                                                via="api"))
+    return await _account(conn, account_id)
 
 
-@router.post("/accounts/{account_id}/retire", response_model=Account, summary="Retire an account's service")
-async def retire_account(account_id: int, user: Admin, conn: Db, body: StatusReason | None = None) -> Account:
-    """Blocks the customer's web access and suspends the cellular line of every terminal of the account."""
-    return await _set_status(conn, account_id, "retire", body.reason if body else None)
+@router.post("/accounts/{account_id}/retire", response_model=Account, summary="Retire an account's service",
+             responses={409: {"description": "already retired, or voluntary before the minimum permanence without "
+                                             "force_reason"},
+                        422: {"description": "voluntary without the signed letter's reference"}})
+async def retire_account(account_id: int, body: RetireIn, request: Request, user: Admin, conn: Db) -> Account:
+    """Blocks the customer's web access (every token and session revoked: live streams close), suspends
+    every line, cancels queued SMS and locate-now requests (never sent, never billed) and closes open
+    tickets with a note. The data is kept for billing claims until retention. The kind is recorded:
+    voluntary (with the signed letter's reference, after the minimum permanence unless forced with a
+    reason), non_payment, by_payment."""
+    await call(request, conn, user, billing.retire(
+        account_id, body.kind, actor=actor_of(user), via="api", reason=body.reason, letter=body.letter_reference,
+        force_reason=body.force_reason, permanence_months=settings_of(request).min_permanence_months,
+        lang=stored_lang(request)))
+    return await _account(conn, account_id)
+
+
+async def _movement(request: Request, response: Response, conn: Db, user: User,
+                    steps: billing.Steps[dict[str, Any]]) -> MovementOut:
+    done = await call(request, conn, user, steps)
+    if done["replayed"]:
+        response.status_code = 200
+    return MovementOut(entry=LedgerEntry(**done["entry"]), replayed=done["replayed"], reconnected=done["reconnected"],
+                       suspended=done["suspended"],
+                       account=account_out(done["account"], settings_of(request)))
+
+
+MOVEMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the reference was posted before: that movement"},
+    409: {"description": "a post-paid account, or the reference was used for another movement"}}
+
+
+@router.post("/accounts/{account_id}/topup", response_model=MovementOut, status_code=201,
+             summary="Top up a pre-paid balance", responses=MOVEMENT_RESPONSES)
+async def topup_account(account_id: int, body: MovementIn, request: Request, response: Response, user: Admin,
+                        conn: Db) -> MovementOut:
+    """Reconnects the account when it was suspended because its balance ran out."""
+    return await _movement(request, response, conn, user, billing.topup(
+        account_id, body.amount, reference=body.reference, reason=body.reason, actor=actor_of(user), via="api"))
+
+
+@router.post("/accounts/{account_id}/adjustments", response_model=MovementOut, status_code=201,
+             summary="Correct a pre-paid balance (either sign, with a reason)", responses=MOVEMENT_RESPONSES)
+async def adjust_account(account_id: int, body: MovementIn, request: Request, response: Response, user: Admin,
+                         conn: Db) -> MovementOut:
+    return await _movement(request, response, conn, user, billing.adjust(
+        account_id, body.amount, reason=body.reason or "", reference=body.reference, actor=actor_of(user), via="api"))
 
 
 # Devices -------------------------------------------------------------------------------------------------------------
@@ -358,6 +440,8 @@ class CenterIn(BaseModel):
     longitude: float = Field(ge=-180, le=180, examples=[-66.8530])
     address: str | None = Field(default=None, max_length=300, examples=["Av. Francisco de Miranda, Chacao"])
     phone: str | None = Field(default=None, max_length=32, examples=["+58 212 555 0101"])
+    hours: str | None = Field(default=None, max_length=200, description="Opening hours, as customers read them",
+                              examples=["Lu-Vi 8:00-17:00, Sa 8:00-12:00"])
     certified: bool = Field(True, description="Certified centers are proposed to customers in tickets",
                             examples=[True])
 
@@ -367,6 +451,7 @@ class CenterUpdate(BaseModel):
     longitude: float | None = Field(default=None, ge=-180, le=180, examples=[-66.8531])
     address: str | None = Field(default=None, max_length=300, examples=["Av. Francisco de Miranda 12, Chacao"])
     phone: str | None = Field(default=None, max_length=32, examples=["+58 212 555 0102"])
+    hours: str | None = Field(default=None, max_length=200, examples=["Lu-Sa 7:00-19:00"])
     certified: bool | None = Field(default=None, examples=[False])
 
 
@@ -377,6 +462,7 @@ class Center(BaseModel):
     longitude: float = Field(examples=[-66.8530])
     address: str | None = Field(examples=["Av. Francisco de Miranda, Chacao"])
     phone: str | None = Field(examples=["+58 212 555 0101"])
+    hours: str | None = Field(examples=["Lu-Vi 8:00-17:00, Sa 8:00-12:00"])
     certified: bool = Field(examples=[True])
     created_at: datetime
     installers: int = Field(examples=[2])
@@ -403,9 +489,10 @@ async def create_center(body: CenterIn, user: Admin, conn: Db) -> Center:
     if await _one(conn, "SELECT id FROM installation_centers WHERE lower(name) = lower(%s)", (body.name,)):
         raise ApiError(409, "conflict", f"installation center {body.name!r} already exists")
     try:
-        row = await _one(conn, "INSERT INTO installation_centers (name, latitude, longitude, address, phone, certified)"
-                         " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                         (body.name, body.latitude, body.longitude, body.address, body.phone, body.certified))
+        row = await _one(conn, "INSERT INTO installation_centers (name, latitude, longitude, address, phone, hours,"
+                         " certified) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                         (body.name, body.latitude, body.longitude, body.address, body.phone, body.hours,
+                          body.certified))
     except psycopg.errors.UniqueViolation as exc:
         raise ApiError(409, "conflict", f"installation center {body.name!r} already exists") from exc
     assert row is not None
@@ -442,9 +529,9 @@ class UserIn(BaseModel):
     role: Role = Field(examples=["client"])
     account_id: int | None = Field(default=None, description="Clients: their account", examples=[1])
     installation_center_id: int | None = Field(default=None, description="Installers: their center", examples=[None])
-    password: str | None = Field(default=None, min_length=8, max_length=200,
-                                 description="An initial console password (the user must change it)",
-                                 examples=["initial-pass-1"])
+    password: str | None = Field(default=None, max_length=PASSWORD_MAX,
+                                 description="An initial console password (the user must change it): at least "
+                                 f"{PASSWORD_MIN} characters and not easy to guess", examples=["initial-pass-1"])
 
 
 class UserOut(BaseModel):
@@ -493,12 +580,17 @@ async def create_user(body: UserIn, user: Admin, conn: Db) -> UserOut:
             raise _invalid("installation_center_id", f"installation center {body.installation_center_id} not found")
     elif body.installation_center_id is not None:
         raise _invalid("installation_center_id", "only installer users belong to an installation center")
-    password_hash = hash_password(body.password) if body.password else None
+    if body.password:
+        try:
+            check_password(body.password, user_inputs=(body.email, body.name))
+        except AdminError as exc:
+            raise _invalid("password", str(exc)) from None
+    password_hash = await hashed(body.password) if body.password else None
     try:
-        row = await _one(conn, "INSERT INTO users (name, email, role, account_id, installation_center_id, password_hash,"
-                         " must_change_password) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                         (body.name, body.email, body.role, body.account_id, body.installation_center_id, password_hash,
-                          password_hash is not None))
+        row = await _one(conn, "INSERT INTO users (name, email, email_key, role, account_id, installation_center_id,"
+                         " password_hash, must_change_password) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                         (body.name, body.email, email_key(body.email), body.role, body.account_id,
+                          body.installation_center_id, password_hash, password_hash is not None))
     except psycopg.errors.UniqueViolation as exc:
         raise ApiError(409, "conflict", f"user {body.email} already exists") from exc
     assert row is not None
@@ -531,8 +623,8 @@ async def deactivate_user(user_id: int, user: Admin, conn: Db) -> UserOut:
     await _user(conn, user_id)
     async with conn.transaction():
         await conn.execute("UPDATE users SET active = false WHERE id = %s", (user_id,))
-        await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL",
-                           (user_id,))
+        await conn.execute("UPDATE api_tokens SET revoked_at = now(), revoked_reason = 'deactivated'"
+                           " WHERE user_id = %s AND revoked_at IS NULL", (user_id,))
     return await _user(conn, user_id)
 
 
@@ -604,5 +696,6 @@ async def list_tokens(user: Admin, conn: Db, user_id: Annotated[int | None, Quer
 async def revoke_token(token_id: int, user: Admin, conn: Db) -> TokenInfo:
     """Takes effect at once; revoking a revoked token changes nothing."""
     await _token(conn, token_id)
-    await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (token_id,))
+    await conn.execute("UPDATE api_tokens SET revoked_at = now(), revoked_reason = 'admin'"
+                       " WHERE id = %s AND revoked_at IS NULL", (token_id,))
     return await _token(conn, token_id)

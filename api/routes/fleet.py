@@ -5,7 +5,11 @@ events and alerts, exports of the location reports, and "locate now".
 Tenancy: a client sees its own account only; every query filters by ``User.account_scope()``
 and another account's vehicle, zone, alert or request answers 404 like a missing one. Support
 and admin see every account (``account_id`` narrows a listing). A vehicle is addressed by its
-terminal's device id: the id every position, event and export carries.
+terminal's device id: the id every position, event and export carries. After its terminal was
+replaced (``POST /api/v1/installers/replacements``) the vehicle is addressed by the new
+terminal's id, and its latest position, history, trips, distance and exports span both
+terminals: the old one's reports before the swap, the new one's after. The old terminal leaves
+the account (its id answers 404 to clients).
 
 Suspended accounts (non-payment) can log in and see why, but get no tracking data: the
 vehicle list shows ``account_blocked`` without positions, and history, trips, stops,
@@ -18,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import exports, geo
 from api.deps import ApiError, Db, ReadDb, User, device_in_scope, live_data_allowed, not_found, require
-from diagnostics.steps.sms_ping import COMMANDS
+from api.routes.billing import api_error, call, settings_of
+from avl import billing
+from diagnostics.commands import position_command
 
 router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
@@ -49,11 +56,9 @@ HISTORY_DEFAULT_POINTS = 5_000
 HISTORY_MAX_POINTS = 50_000
 EXPORT_BATCH_ROWS = 2_000
 LOCATE_REUSE_S = 120      # a pending request younger than this is returned instead of a new one (billed once)
-LOCATE_EXPIRES_S = 600    # unanswered for this long: shown as expired (a later report still answers it)
 # The command asking each protocol family for a position now (the diagnostics status commands,
 # except where the family has a dedicated one: Teltonika "getrecord" makes a record and sends it
 # over GPRS; Concox "WHERE#" answers with the coordinates).
-LOCATE_COMMANDS = {**COMMANDS, "teltonika": "  getrecord", "gt06": "WHERE#"}
 USABLE_FIX = "valid AND flags & 5 = 0"  # flags: 1 invalid fix, 4 coordinates 0,0
 
 DeviceId = Annotated[int, Path(description="The vehicle's terminal (device) id", examples=[42])]
@@ -316,8 +321,9 @@ class EvaluateOut(BaseModel):
 class LocateRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": 5, "device_id": 42, "account_id": 7, "requested_at": "2026-11-24T10:00:00Z", "channel": "sms",
-        "command": "  getrecord", "sms_id": 77, "sms_status": "queued", "billable": True, "status": "answered",
-        "answered_at": "2026-11-24T10:00:21Z",
+        "command": "  getrecord", "sms_id": 77, "sms_status": "DELIVRD", "billable": True, "price": "1.00",
+        "status": "answered", "answer_by": "2026-11-24T10:10:00Z", "delivered_at": "2026-11-24T10:00:06Z",
+        "answered_at": "2026-11-24T10:00:21Z", "cancelled_at": None, "cancel_reason": None,
         "position": {"time": "2026-11-24T10:00:18Z", "received_at": "2026-11-24T10:00:21Z", "valid": True,
                      "latitude": 10.49, "longitude": -66.88, "speed_kmh": 0.0}}]})
 
@@ -328,12 +334,21 @@ class LocateRequest(BaseModel):
     channel: str = Field(description="sms: the only channel (no data-channel command path yet)")
     command: str
     sms_id: int | None
-    sms_status: str | None = Field(description="the SMS outbox row's status: queued, submitted, delivered, failed...")
-    billable: bool
-    status: str = Field(description="pending | answered | expired (no report within "
-                                    f"{LOCATE_EXPIRES_S} s; a later report still answers it)")
+    sms_status: str | None = Field(description="the SMS outbox row's status: queued, submitted, DELIVRD, failed...")
+    billable: bool = Field(description="asked by the client (support's requests are not billed)")
+    price: Decimal | None = Field(description="what it costs once answered (AVL_PRICE_LOCATE when asked); charged "
+                                              "once, and only when answered")
+    status: str = Field(description="pending | answered (a position arrived after the SMS was delivered: billed) | "
+                                    "expired (no answer by answer_by: not billed) | failed (the SMS was not delivered: "
+                                    "not billed) | cancelled (the account was retired: not sent or not billed)")
+    answer_by: datetime = Field(description="a position arriving later does not answer it (AVL_LOCATE_ANSWER_WINDOW_S)")
+    delivered_at: datetime | None = Field(description="when answered: when the SMS was delivered (its receipt, or the "
+                                                      "terminal's SMS answer)")
     answered_at: datetime | None
-    position: LatestPosition | None = Field(description="when answered: the vehicle's latest position")
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    position: LatestPosition | None = Field(description="when answered: the vehicle's latest position (not for a "
+                                                         "suspended account: no live data)")
 
 
 # Helpers -----------------------------------------------------------------------------------
@@ -380,10 +395,51 @@ def _json(text: str) -> Response:
     return Response(content=text.encode(), media_type="application/json")
 
 
-async def _track(conn: AsyncConnection, device_id: int, start: datetime, end: datetime) -> geo.Track:
-    cur = await conn.execute(
-        f"SELECT fix_time, latitude, longitude, speed_kmh, ignition FROM positions WHERE device_id = %s"
-        f" AND fix_time >= %s AND fix_time < %s AND {USABLE_FIX} ORDER BY fix_time", (device_id, start, end))
+# A vehicle's terminals: (device id, on the vehicle from, until); None is open-ended.
+Segment = tuple[int, datetime | None, datetime | None]
+
+
+async def vehicle_terminals(conn: AsyncConnection, device: dict[str, Any]) -> list[Segment]:
+    """The terminals whose reports make up the history of the vehicle ``device`` (a row of
+    ``device_in_scope``) is on, oldest first: each replaced terminal up to its swap, the current
+    one from its own. Replacements of the device's own account only (tenancy at the query)."""
+    here: Segment = (device["id"], None, None)
+    if device.get("vehicle_id") is None:
+        return [here]
+    cur = await conn.execute("SELECT new_device_id, old_device_id, swapped_at FROM terminal_replacements"
+                             " WHERE vehicle_id = %s AND account_id = %s", (device["vehicle_id"], device["account_id"]))
+    replaced = {new: (old, at) for new, old, at in await cur.fetchall()}
+    segments: list[Segment] = []
+    current, until = device["id"], None
+    while current in replaced and len(segments) < len(replaced):
+        old, at = replaced[current]
+        segments.append((current, at, until))
+        current, until = old, at
+    segments.append((current, None, until))
+    return segments[::-1]
+
+
+def positions_sql(select: str, segments: Sequence[Segment], start: datetime, end: datetime,
+                  where: str = "") -> tuple[str, list[Any]]:
+    """``SELECT <select> FROM positions`` in [start, end) over each terminal's time on the vehicle
+    (one plain query for a vehicle that kept its terminal; each part bounded by fix time, so the
+    partitions are pruned), for the caller to order by fix_time."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for device_id, since, until in segments:
+        low = max(start, since) if since is not None else start
+        high = min(end, until) if until is not None else end
+        if low < high:
+            parts.append(f"SELECT {select} FROM positions WHERE device_id = %s AND fix_time >= %s AND fix_time < %s"
+                         + where)
+            params += [device_id, low, high]
+    return " UNION ALL ".join(parts) or f"SELECT {select} FROM positions WHERE false", params
+
+
+async def _track(conn: AsyncConnection, segments: Sequence[Segment], start: datetime, end: datetime) -> geo.Track:
+    sql, params = positions_sql("fix_time, latitude, longitude, speed_kmh, ignition", segments, start, end,
+                                f" AND {USABLE_FIX}")
+    cur = await conn.execute(sql + " ORDER BY fix_time", params)
     return geo.Track.from_rows(await cur.fetchall())
 
 
@@ -425,7 +481,11 @@ SELECT '[' || coalesce(string_agg(x.j, ',' ORDER BY x.id), '') || ']' FROM (SELE
 FROM devices d
 LEFT JOIN vehicles veh ON veh.id = d.vehicle_id
 LEFT JOIN accounts a ON a.id = d.account_id
-LEFT JOIN latest_positions l ON l.device_id = d.id
+-- A replaced terminal's latest position stands for the vehicle's until the new one reports.
+LEFT JOIN terminal_replacements rp ON rp.new_device_id = d.id
+LEFT JOIN latest_positions l ON l.device_id = CASE WHEN rp.id IS NULL THEN d.id
+    WHEN EXISTS (SELECT 1 FROM latest_positions x WHERE x.device_id = d.id) THEN d.id ELSE rp.old_device_id END
+    AND (l.device_id = d.id OR l.fix_time < rp.swapped_at)
 CROSS JOIN LATERAL (SELECT now() - make_interval(secs => %(intervals)s * d.report_interval_s) AS since) w
 -- Status reports without a fix (device_events) count as "heard from" too; looked up only
 -- when the positions alone say the device is silent.
@@ -512,16 +572,15 @@ async def history(
     max_points: Annotated[int, Query(ge=2, le=HISTORY_MAX_POINTS)] = HISTORY_DEFAULT_POINTS,
     valid_only: Annotated[bool, Query(description="only reports with a valid fix")] = False,
 ) -> Response:
-    await device_in_scope(conn, user, device_id)
+    segments = await vehicle_terminals(conn, await device_in_scope(conn, user, device_id))
     live_data_allowed(user)
     start, end = period(start, end, HISTORY_MAX_DAYS)
     simplify = simplify_m is not None
     where = f" AND {USABLE_FIX}" if simplify or valid_only else ""
-    cur = await conn.execute(
-        "SELECT fix_time, latitude, longitude, valid, speed_kmh, course, altitude_m, satellites, ignition"
-        f" FROM positions WHERE device_id = %s AND fix_time >= %s AND fix_time < %s{where}"
-        " ORDER BY fix_time" + ("" if simplify else " LIMIT %s"),
-        (device_id, start, end) if simplify else (device_id, start, end, max_points + 1))
+    sql, params = positions_sql("fix_time, latitude, longitude, valid, speed_kmh, course, altitude_m, satellites,"
+                                " ignition", segments, start, end, where)
+    cur = await conn.execute(sql + " ORDER BY fix_time" + ("" if simplify else " LIMIT %s"),
+                             params if simplify else [*params, max_points + 1])
     rows = await cur.fetchall()
     truncated, tolerance, total = False, None, len(rows)
     if simplify:
@@ -531,8 +590,8 @@ async def history(
         rows = [rows[i] for i in kept]
     elif len(rows) > max_points:
         truncated, rows = True, rows[:max_points]
-        total_cur = await conn.execute("SELECT count(*) FROM positions WHERE device_id = %s AND fix_time >= %s"
-                                       " AND fix_time < %s" + where, (device_id, start, end))
+        sql, params = positions_sql("1", segments, start, end, where)
+        total_cur = await conn.execute(f"SELECT count(*) FROM ({sql}) x", params)
         counted = await total_cur.fetchone()
         total = int(counted[0]) if counted else len(rows)
     names = ("latitude", "longitude", "valid", "speed_kmh", "course", "altitude_m", "satellites", "ignition")
@@ -557,10 +616,10 @@ async def trips(
     device_id: DeviceId, user: FleetUser, conn: ReadDb, start: From = None, end: To = None,
     min_stop_s: Annotated[int, Query(ge=30, le=86_400)] = geo.MIN_STOP_S,
 ) -> TripsAndStops:
-    await device_in_scope(conn, user, device_id)
+    segments = await vehicle_terminals(conn, await device_in_scope(conn, user, device_id))
     live_data_allowed(user)
     start, end = period(start, end, HISTORY_MAX_DAYS)
-    track = await _track(conn, device_id, start, end)
+    track = await _track(conn, segments, start, end)
     found, stopped = geo.trips_and_stops(track, min_stop_s=min_stop_s)
     trips_out = []
     for t in found:
@@ -588,12 +647,15 @@ async def distance(
     last: Annotated[date | None, Query(alias="to", description="last day, inclusive (default: today in `tz`)")] = None,
     tz: Annotated[str, Query(description="IANA time zone the days are counted in", examples=["America/Caracas"])] = "UTC",
 ) -> Distance:
-    await device_in_scope(conn, user, device_id)
+    segments = await vehicle_terminals(conn, await device_in_scope(conn, user, device_id))
     live_data_allowed(user)
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise ApiError(422, "invalid_request", f"tz: unknown time zone {tz!r}") from None
+    for name, day in (("from", first), ("to", last)):
+        if day is not None and not EARLIEST.date() <= day < LATEST.date():
+            raise ApiError(422, "invalid_request", f"{name}: must be between {EARLIEST:%Y} and {LATEST:%Y}")
     last = last or datetime.now(zone).date()
     first = first or last - timedelta(days=6)
     if last < first:
@@ -602,7 +664,7 @@ async def distance(
         raise ApiError(422, "invalid_request", f"to: at most {HISTORY_MAX_DAYS} days")
     start = datetime.combine(first, datetime.min.time(), zone)
     end = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone)
-    days = geo.distance_per_day(await _track(conn, device_id, start, end), first, last, zone)
+    days = geo.distance_per_day(await _track(conn, segments, start, end), first, last, zone)
     out = [DayDistance(date=d.day, distance_m=round(d.distance_m, 1), reports=d.reports, max_speed_kmh=d.max_speed_kmh)
            for d in days]
     return Distance(device_id=device_id, tz=tz, total_m=round(sum(d.distance_m for d in out), 1), days=out)
@@ -632,7 +694,9 @@ async def export(
     format: Annotated[ExportFormat, Query(description="csv, gpx, kml or geojson")] = ExportFormat.csv,
 ) -> StreamingResponse:
     device = await device_in_scope(conn, user, device_id)
+    segments = await vehicle_terminals(conn, device)
     start, end = period(start, end, EXPORT_MAX_DAYS)
+    sql, params = positions_sql(exports.SELECT, segments, start, end)
     fmt = exports.FORMATS[format.value]
     meta = exports.Meta(device_id, device["identifier"], device["plate"], start, end, datetime.now(UTC))
     writer = exports.WRITERS[format.value](meta)
@@ -643,8 +707,7 @@ async def export(
         # Its own connection: the request's is returned to the pool before the body streams.
         async with pool.connection() as stream_conn, stream_conn.transaction():
             async with stream_conn.cursor(name="avl_export") as cur:
-                await cur.execute(f"SELECT {exports.SELECT} FROM positions WHERE device_id = %s AND fix_time >= %s"
-                                  " AND fix_time < %s ORDER BY fix_time", (device_id, start, end))
+                await cur.execute(sql + " ORDER BY fix_time", params)
                 while batch := await cur.fetchmany(EXPORT_BATCH_ROWS):
                     yield writer.rows(batch).encode()
         yield writer.tail().encode()
@@ -788,7 +851,7 @@ async def evaluate_device(conn: AsyncConnection, account_id: int, device_id: int
     """Evaluates a vehicle's fixes in [start, end) against the zones and records the alerts
     (once each: re-evaluating the same stretch finds them already there). Returns the track,
     the evaluation, the alerts of the period's evaluation and how many of them are new."""
-    track = await _track(conn, device_id, start, end)
+    track = await _track(conn, [(device_id, None, None)], start, end)
     found = geo.evaluate_zones(track, zones)
     new = 0
     if found.alerts:
@@ -892,45 +955,46 @@ async def acknowledge_alert(alert_id: Annotated[int, Path(examples=[9])], user: 
 
 
 # Locate now --------------------------------------------------------------------------------
+# Billed once, when answered: the answer is settled by the database as the report is stored
+# (avl_settle_locates, migration 0011), and again before any look, for what that left.
 
 LOCATE_SQL = """
 SELECT r.id, r.device_id, r.account_id, r.requested_at, r.channel, r.command, r.sms_id, m.status AS sms_status,
-       r.billable, r.answered_at, l.last_received_at, l.fix_time, l.received_at, l.valid, l.latitude, l.longitude,
-       l.speed_kmh, l.course, l.altitude_m, l.satellites, l.ignition, l.power_mv, l.battery_mv, l.odometer_m, l.alarm
+       r.billable, r.price, r.answer_by, r.delivered_at, r.answered_at, r.cancelled_at, r.cancel_reason,
+       CASE WHEN r.answered_at IS NOT NULL THEN 'answered'
+            WHEN r.cancelled_at IS NOT NULL THEN 'cancelled'
+            WHEN m.status IN (FAILED) THEN 'failed'
+            WHEN r.answer_by <= now() THEN 'expired'
+            ELSE 'pending' END AS status,
+       l.fix_time, l.received_at, l.valid, l.latitude, l.longitude, l.speed_kmh, l.course, l.altitude_m, l.satellites,
+       l.ignition, l.power_mv, l.battery_mv, l.odometer_m, l.alarm
 FROM locate_requests r
 LEFT JOIN sms_messages m ON m.id = r.sms_id
 LEFT JOIN latest_positions l ON l.device_id = r.device_id
 """
+LOCATE_SQL = LOCATE_SQL.replace("FAILED", ", ".join(f"'{status}'" for status in billing.SMS_FAILED))
 POSITION_FIELDS = ("valid", "latitude", "longitude", "speed_kmh", "course", "altitude_m", "satellites", "ignition",
                    "power_mv", "battery_mv", "odometer_m", "alarm")
+LOCATE_FIELDS = ("id", "device_id", "account_id", "requested_at", "channel", "command", "sms_id", "sms_status",
+                 "billable", "price", "status", "answer_by", "delivered_at", "answered_at", "cancelled_at",
+                 "cancel_reason")
 
 
-async def _locate_out(conn: AsyncConnection, row: dict[str, Any]) -> LocateRequest:
-    answered_at = row["answered_at"]
-    heard = row["last_received_at"]
-    if answered_at is None and heard is not None and heard > row["requested_at"]:
-        # First look after the answer: record when it came (the arrival of the first newer report
-        # is not kept, so the newest arrival seen now stands for it).
-        answered_at = heard
-        await conn.execute("UPDATE locate_requests SET answered_at = %s WHERE id = %s AND answered_at IS NULL",
-                           (answered_at, row["id"]))
-    if answered_at is not None:
-        status = "answered"
-    elif datetime.now(UTC) - row["requested_at"] > timedelta(seconds=LOCATE_EXPIRES_S):
-        status = "expired"
-    else:
-        status = "pending"
+def _locate_out(row: dict[str, Any], user: User) -> LocateRequest:
+    """The request and, once answered, the vehicle's latest position: not for a suspended account
+    (no live data until payment), which still sees its requests and their state."""
+    suspended = user.role == "client" and user.account_status == "suspended"
     position = None
-    if answered_at is not None and row["fix_time"] is not None:
+    if row["answered_at"] is not None and row["fix_time"] is not None and not suspended:
         position = LatestPosition(time=row["fix_time"], received_at=row["received_at"],
                                   **{k: row[k] for k in POSITION_FIELDS})
-    return LocateRequest(id=row["id"], device_id=row["device_id"], account_id=row["account_id"],
-                         requested_at=row["requested_at"], channel=row["channel"], command=row["command"],
-                         sms_id=row["sms_id"], sms_status=row["sms_status"], billable=row["billable"], status=status,
-                         answered_at=answered_at, position=position)
+    return LocateRequest(**{k: row[k] for k in LOCATE_FIELDS}, position=position)
 
 
-async def _locate_row(conn: AsyncConnection, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+async def _locates(conn: AsyncConnection, account_id: int | None, where: str,
+                   params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Requests, once the answers that came for the account (staff: every account) are settled."""
+    await billing.arun(conn, billing.settle(account_id))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LOCATE_SQL + where, params)
         return await cur.fetchall()
@@ -939,66 +1003,73 @@ async def _locate_row(conn: AsyncConnection, where: str, params: tuple[Any, ...]
 @router.post("/vehicles/{device_id}/locate", response_model=LocateRequest, status_code=201,
              summary="Locate now: ask the terminal for its position (billable)",
              description="Queues the protocol family's position command to the terminal by SMS (the SMS outbox, sent "
-                         "by the diagnostics worker's SMPP bind) and records the request, billable to the account when "
-                         "a client asks. It is answered by the first report that arrives after it; poll "
-                         f"`GET /api/v1/locate-requests/{{id}}` or watch the live stream. A request still pending from "
-                         f"the last {LOCATE_REUSE_S} s is returned (200) instead of a new one: billed once. SMS only: "
-                         "there is no data-channel command path yet.",
+                         "by the diagnostics worker's SMPP bind) and records the request. It is answered by the first "
+                         "position that arrives after the SMS was delivered, within AVL_LOCATE_ANSWER_WINDOW_S; poll "
+                         f"`GET /api/v1/locate-requests/{{id}}` or watch the live stream. A client's request is billed "
+                         "at the price quoted when asked (AVL_PRICE_LOCATE), once, when answered (never if not). A "
+                         "pre-paid account needs a balance available (its balance less its pending requests' price): "
+                         f"else 402 `no_balance`. A request still pending from the last {LOCATE_REUSE_S} s is returned "
+                         "(200) instead of a new one. SMS only: there is no data-channel command path yet.",
              responses={200: {"description": "a pending request for this vehicle, returned again"},
+                        402: {"description": "no_balance: a pre-paid account without balance available"},
                         403: {"description": "account suspended"}, 404: {"description": "no such vehicle"},
                         409: {"description": "the terminal cannot be commanded by SMS (no MSISDN, or a protocol "
                                              "without SMS commands)"}})
-async def locate(device_id: DeviceId, user: FleetUser, conn: Db, response: Response) -> LocateRequest:
+async def locate(device_id: DeviceId, user: FleetUser, conn: Db, request: Request, response: Response) -> LocateRequest:
     device = await device_in_scope(conn, user, device_id)
-    live_data_allowed(user)
-    command = LOCATE_COMMANDS.get(device["protocol"])
-    if not device["msisdn"]:
-        raise ApiError(409, "not_locatable", f"vehicle {device_id}: the terminal has no SMS number (MSISDN)")
-    if command is None:
-        raise ApiError(409, "not_locatable", f"vehicle {device_id}: {device['protocol']} terminals take no SMS commands")
     if device["account_id"] is None:
         raise ApiError(409, "not_locatable", f"vehicle {device_id}: the terminal belongs to no account")
-    command = command.format(identifier=device["identifier"])
+    settings = settings_of(request)
+    billable = user.role == "client"
     async with conn.transaction():
-        # One request at a time per vehicle: concurrent clicks get the same request.
+        # The account first (held until the request is recorded, so concurrent requests cannot spend
+        # the balance twice), then the vehicle: the order every writer takes them in.
+        account = await call(request, conn, user, billing.billable_account(device["account_id"]))
+        no_balance = billing.balance_refusal(account) if billable else None
+        if no_balance is None:  # a pre-paid account suspended at zero hears about its balance instead
+            live_data_allowed(user)
+        command = position_command(device["protocol"], device["identifier"], device.get("options"))
+        if not device["msisdn"]:
+            raise ApiError(409, "not_locatable", f"vehicle {device_id}: the terminal has no SMS number (MSISDN)")
+        if command is None:
+            raise ApiError(409, "not_locatable", f"vehicle {device_id}: {device['protocol']} terminals take no SMS commands")
+        # One request at a time per vehicle: concurrent clicks get the same request (billed once).
         await conn.execute("SELECT 1 FROM devices WHERE id = %s FOR NO KEY UPDATE", (device_id,))
-        recent = await _locate_row(
-            conn, " WHERE r.device_id = %s AND r.answered_at IS NULL AND r.requested_at > now() - make_interval(secs => %s)"
-            " AND (l.last_received_at IS NULL OR l.last_received_at <= r.requested_at)"
-            " ORDER BY r.requested_at DESC LIMIT 1", (device_id, LOCATE_REUSE_S))
+        recent = await _locates(
+            conn, device["account_id"], " WHERE r.device_id = %s AND r.answered_at IS NULL AND r.cancelled_at IS NULL"
+            " AND r.requested_at > now() - make_interval(secs => %s) AND NOT coalesce(m.status = ANY(%s), false)"
+            " ORDER BY r.requested_at DESC LIMIT 1", (device_id, LOCATE_REUSE_S, billing.SMS_FAILED))
         if recent:
             response.status_code = 200
-            return await _locate_out(conn, recent[0])
+            return _locate_out(recent[0], user)
+        if no_balance is not None:
+            raise await api_error(request, conn, user, no_balance)
         cur = await conn.execute(
             "INSERT INTO sms_messages (direction, msisdn, device_id, body, status, purpose)"
             " VALUES ('mt', %s, %s, %s, 'queued', 'locate') RETURNING id", (device["msisdn"], device_id, command))
         sms = await cur.fetchone()
         assert sms is not None
-        billable = user.role == "client"
         cur = await conn.execute(
-            "INSERT INTO locate_requests (account_id, device_id, requested_by, command, sms_id, billable)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (device["account_id"], device_id, user.id, command, sms[0], billable))
+            "INSERT INTO locate_requests (account_id, device_id, requested_by, command, sms_id, billable, price, answer_by)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s)) RETURNING id",
+            (device["account_id"], device_id, user.id, command, sms[0], billable,
+             settings.price_locate if billable else None, settings.locate_answer_window_s))
         created = await cur.fetchone()
         assert created is not None
-        if billable:
-            await conn.execute("INSERT INTO billable_events (account_id, device_id, kind, reference_id, requested_by)"
-                               " VALUES (%s, %s, 'locate_request', %s, %s)",
-                               (device["account_id"], device_id, created[0], user.id))
-        rows = await _locate_row(conn, " WHERE r.id = %s", (created[0],))
-    return await _locate_out(conn, rows[0])
+        rows = await _locates(conn, device["account_id"], " WHERE r.id = %s", (created[0],))
+    return _locate_out(rows[0], user)
 
 
 @router.get("/locate-requests/{request_id}", response_model=LocateRequest, summary="A locate-now request",
-            description="`answered` (with the position) once a report arrived after the request.",
+            description="`answered` (with the position) once a position arrived after the SMS was delivered.",
             responses={404: {"description": "no such request (or another account's)"}})
 async def get_locate(request_id: Annotated[int, Path(examples=[5])], user: FleetUser, conn: Db) -> LocateRequest:
     scope = user.account_scope()
-    rows = await _locate_row(conn, " WHERE r.id = %s AND (%s::bigint IS NULL OR r.account_id = %s)",
-                             (request_id, scope, scope))
+    rows = await _locates(conn, scope, " WHERE r.id = %s AND (%s::bigint IS NULL OR r.account_id = %s)",
+                          (request_id, scope, scope))
     if not rows:
         raise not_found(f"locate request {request_id}")
-    return await _locate_out(conn, rows[0])
+    return _locate_out(rows[0], user)
 
 
 @router.get("/vehicles/{device_id}/locate-requests", response_model=list[LocateRequest],
@@ -1006,7 +1077,7 @@ async def get_locate(request_id: Annotated[int, Path(examples=[5])], user: Fleet
             responses={404: {"description": "no such vehicle"}})
 async def list_locates(device_id: DeviceId, user: FleetUser, conn: Db,
                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[LocateRequest]:
-    await device_in_scope(conn, user, device_id)
-    rows = await _locate_row(conn, " WHERE r.device_id = %s ORDER BY r.requested_at DESC LIMIT %s", (device_id, limit))
-    return [await _locate_out(conn, r) for r in rows]
-
+    device = await device_in_scope(conn, user, device_id)
+    rows = await _locates(conn, device["account_id"], " WHERE r.device_id = %s ORDER BY r.requested_at DESC LIMIT %s",
+                          (device_id, limit))
+    return [_locate_out(r, user) for r in rows]

@@ -24,8 +24,21 @@ Messages (JSON text frames), server to client:
   evaluated by fix time and the alert stored once.
 - ``{"type": "resync"}``: the listening connection was lost and is back; updates in between
   may have been missed: re-read ``GET /api/v1/vehicles``.
-- ``{"type": "error", "error": code, "message": line}`` then a close (4401 unauthenticated,
-  4403 not allowed: wrong role, account suspended or retired).
+- ``{"type": "error", "error": code, "message": line}`` then a close (4401 unauthenticated:
+  the token was revoked or expired, the user logged out, was deactivated or changed the password;
+  4403 not allowed: wrong role, account suspended or retired, a password change pending).
+
+Opening the stream: ``POST /api/v1/live/tickets`` gives a single-use ticket valid for 30 s;
+connect to ``/api/v1/live?ticket=...`` (what the console does). Programs may send
+``Authorization: Bearer <token>`` on the upgrade request instead. A token in the URL
+(``?token=``) is refused: URLs end up in proxy and server logs.
+
+Revocation is pushed, not polled: the database NOTIFYs ``avl_access`` when a token is
+revoked, a user deactivated or their password changed, an account suspended or retired,
+whichever process made the change (migration 0009's triggers). The hub re-checks exactly the
+streams concerned and closes those that lost access, within a moment. Every push is also read
+in the same snapshot as a check of the stream's token, so nothing is pushed from data read
+after the access was gone.
 """
 
 from __future__ import annotations
@@ -34,8 +47,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import numpy as np
@@ -44,17 +58,21 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketState
 
 from api import geo
-from api.deps import SESSION_COOKIE, ApiError, User, current_user, live_data_allowed
+from api.deps import ApiError, CurrentUser, Db, User, authenticate, bearer, live_data_allowed
 from api.routes.fleet import account_zones, evaluate_device
+from avl.admin import hash_token
 
 log = logging.getLogger("avl.api.live")
 router = APIRouter(prefix="/api/v1", tags=["live"])
 
 CHANNEL = "avl_positions"
-RECHECK_S = 30.0          # re-validate the token and the account status this often
+ACCESS_CHANNEL = "avl_access"
+RECHECK_S = 60.0          # a backstop only: losing access is pushed on ACCESS_CHANNEL
+TICKET_TTL_S = 30
 ZONES_REFRESH_S = 30.0    # zone edits reach an open stream within this
 RECONNECT_S = 2.0
 READY_TIMEOUT_S = 10.0
@@ -102,11 +120,18 @@ class Hub:
             try:
                 async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {ACCESS_CHANNEL}")
                     self.listening.set()
-                    if lost:
+                    if lost:  # what happened meanwhile is unknown: re-read the fleet, re-check access
                         for sub in self.subscribers:
-                            sub.push(resync=True)
+                            sub.push(resync=True, recheck=True)
                     async for note in conn.notifies():
+                        if note.channel == ACCESS_CHANNEL:
+                            change = _access_change(note.payload)
+                            for sub in self.subscribers:
+                                if sub.concerned_by(change):
+                                    sub.push(recheck=True)
+                            continue
                         devices = _devices(note.payload)
                         for sub in self.subscribers:
                             sub.push(devices)
@@ -127,12 +152,25 @@ def _devices(payload: str) -> set[int]:
         return set()
 
 
+def _access_change(payload: str) -> dict[str, set[int]]:
+    """``{"tokens": [..]}``, ``{"users": [..]}`` or ``{"accounts": [..]}`` as sets of ids; anything
+    unreadable concerns everyone (re-checking a stream that is fine costs one query)."""
+    try:
+        data = json.loads(payload)
+        return {kind: {int(i) for i in data.get(kind, [])} for kind in ("tokens", "users", "accounts")}
+    except (ValueError, TypeError, AttributeError):
+        log.warning("live: unexpected %s payload %r", ACCESS_CHANNEL, payload[:200])
+        return {"all": set()}
+
+
 @dataclass(eq=False)
 class Subscriber:
     user: User
     scope: int | None
+    expires_at: datetime | None = None
     pending: set[int] = field(default_factory=set)
     resync: bool = False
+    recheck: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent_fix: dict[int, datetime] = field(default_factory=dict)
     inside: dict[int, frozenset[int]] = field(default_factory=dict)
@@ -140,31 +178,112 @@ class Subscriber:
     zones_at: float = 0.0
     last_event_id: int = 0
 
-    def push(self, devices: set[int] | None = None, resync: bool = False) -> None:
+    def push(self, devices: set[int] | None = None, resync: bool = False, recheck: bool = False) -> None:
         if devices:
             self.pending |= devices
         self.resync = self.resync or resync
+        self.recheck = self.recheck or recheck
         self.wake.set()
 
-
-def _token(websocket: WebSocket, query_token: str | None) -> str | None:
-    if query_token:
-        return query_token
-    header = websocket.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header.split(None, 1)[1].strip()
-    return websocket.cookies.get(SESSION_COOKIE)
+    def concerned_by(self, change: dict[str, set[int]]) -> bool:
+        return ("all" in change or self.user.token_id in change.get("tokens", ())
+                or self.user.id in change.get("users", ())
+                or (self.user.account_id is not None and self.user.account_id in change.get("accounts", ())))
 
 
-async def _authenticate(pool: AsyncConnectionPool, token: str | None) -> User:
-    if not token:
-        raise ApiError(401, "unauthenticated", "missing token (?token=, bearer header or session cookie)")
-    async with pool.connection() as conn:
-        user = await current_user(conn, authorization=f"Bearer {token}")
+def _may_stream(user: User) -> None:
+    """ApiError unless this user may receive live data now."""
+    if user.password_change_pending:
+        raise ApiError(403, "password_change_required", "change your password first (POST /api/v1/auth/password)")
     if user.role not in ("client", "support", "admin"):
         raise ApiError(403, "forbidden", "live updates need the client or support role")
     live_data_allowed(user)
-    return user
+
+
+_REVOKED = {"logout": "the session was logged out", "password_change": "the password was changed",
+            "deactivated": "the user was deactivated"}
+
+
+async def _token_user(conn: psycopg.AsyncConnection, token_id: int) -> tuple[User, datetime | None]:
+    """The user behind a token id, or the ApiError saying exactly why access is gone."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT u.id, u.name, u.email, u.role, u.account_id, u.installation_center_id, a.status AS account_status,"
+            " u.must_change_password, t.id AS token_id, t.kind AS token_kind, t.revoked_at, t.revoked_reason,"
+            " t.expires_at, t.expires_at <= now() AS expired, u.active"
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id LEFT JOIN accounts a ON a.id = u.account_id"
+            " WHERE t.id = %s", (token_id,))
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(401, "unauthenticated", "the token was deleted")
+    if row["revoked_reason"] == "account_retired":  # revoked by the retirement (avl.billing)
+        raise ApiError(403, "account_retired", "this account's service was retired: access blocked")
+    if row["revoked_at"] is not None:
+        raise ApiError(401, "unauthenticated", _REVOKED.get(row["revoked_reason"] or "", "the token was revoked"))
+    if row["expired"]:
+        raise ApiError(401, "unauthenticated", "the token expired")
+    if not row["active"]:
+        raise ApiError(401, "unauthenticated", "the user was deactivated")
+    expires_at = row["expires_at"]
+    user = User(**{k: v for k, v in row.items()
+                   if k not in ("revoked_at", "revoked_reason", "expires_at", "expired", "active")})
+    if user.role == "client" and user.account_status == "retired":
+        raise ApiError(403, "account_retired", "this account's service was retired: access blocked")
+    _may_stream(user)
+    return user, expires_at
+
+
+async def _open(websocket: WebSocket, pool: AsyncConnectionPool) -> tuple[User, datetime | None]:
+    """The user a new stream is for: from a single-use ticket, or a bearer header."""
+    if "token" in websocket.query_params:
+        raise ApiError(401, "unauthenticated", "?token= is not accepted (URLs are logged): get a single-use ticket "
+                                               "from POST /api/v1/live/tickets, or send an Authorization header")
+    ticket = websocket.query_params.get("ticket")
+    token = bearer(websocket.headers.get("authorization"))
+    async with pool.connection() as conn:
+        if ticket:
+            cur = await conn.execute("DELETE FROM live_tickets WHERE ticket_hash = %s"
+                                     " RETURNING token_id, expires_at > now()", (hash_token(ticket),))
+            row = await cur.fetchone()
+            if row is None or not row[1]:
+                raise ApiError(401, "unauthenticated", "unknown, used or expired stream ticket: get a new one")
+            return await _token_user(conn, int(row[0]))
+        if not token:
+            raise ApiError(401, "unauthenticated", "missing credentials: a stream ticket (POST /api/v1/live/tickets) "
+                                                   "or an Authorization header")
+        user = await authenticate(conn, token, touch=False)
+        return await _token_user(conn, user.token_id)
+
+
+async def _check(conn: psycopg.AsyncConnection, sub: Subscriber) -> None:
+    """ApiError when the stream's user lost access, or no longer is who the stream was opened for."""
+    user, sub.expires_at = await _token_user(conn, sub.user.token_id)
+    if (user.id, user.role, user.account_id) != (sub.user.id, sub.user.role, sub.user.account_id):
+        raise ApiError(403, "forbidden", "the user's role or account changed: reconnect")
+
+
+class Ticket(BaseModel):
+    ticket: str = Field(description="single use, valid for 30 s")
+    expires_at: datetime
+    url: str = Field(description="the stream's path with the ticket", examples=["/api/v1/live?ticket=..."])
+
+
+@router.post("/live/tickets", status_code=201, response_model=Ticket, summary="A ticket to open the live stream",
+             description=f"Single use, valid for {TICKET_TTL_S} s: connect to the `url` it gives with a WebSocket "
+                         "(staff may add `&account_id=`). The stream runs on this request's token: when it is "
+                         "revoked the stream closes.",
+             responses={403: {"description": "not a fleet role, account suspended or retired"}})
+async def create_ticket(user: CurrentUser, conn: Db) -> Ticket:
+    _may_stream(user)
+    ticket = secrets.token_urlsafe(32)
+    async with conn.transaction():
+        await conn.execute("DELETE FROM live_tickets WHERE expires_at < now()")
+        cur = await conn.execute("INSERT INTO live_tickets (ticket_hash, token_id, expires_at)"
+                                 " VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
+                                 (hash_token(ticket), user.token_id, TICKET_TTL_S))
+        row = await cur.fetchone()
+    assert row is not None
+    return Ticket(ticket=ticket, expires_at=row[0], url=f"/api/v1/live?ticket={ticket}")
 
 
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
@@ -224,19 +343,31 @@ async def _zone_messages(sub: Subscriber, conn: psycopg.AsyncConnection, row: di
 
 
 async def _flush(sub: Subscriber, websocket: WebSocket, pool: AsyncConnectionPool) -> None:
+    """Pushes what is new for the pending devices; ApiError when the stream lost access."""
     devices, sub.pending = sub.pending, set()
-    if sub.resync:
-        sub.resync = False
-        await websocket.send_json({"type": "resync"})
-    if not devices:
+    recheck, sub.recheck = sub.recheck, False
+    if not devices and not recheck:
+        if sub.resync:
+            sub.resync = False
+            await websocket.send_json({"type": "resync"})
         return
     ids = sorted(devices)
+    rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     async with pool.connection() as conn:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(POSITIONS_SQL, (ids, sub.scope, sub.scope))
-            rows = await cur.fetchall()
-            await cur.execute(EVENTS_SQL, (ids, sub.last_event_id, sub.scope, sub.scope))
-            events = await cur.fetchall()
+        # The access check and the reads see one snapshot: nothing read after a revocation is pushed.
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await _check(conn, sub)
+            if ids:
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(POSITIONS_SQL, (ids, sub.scope, sub.scope))
+                    rows = await cur.fetchall()
+                    await cur.execute(EVENTS_SQL, (ids, sub.last_event_id, sub.scope, sub.scope))
+                    events = await cur.fetchall()
+        if sub.resync:
+            sub.resync = False
+            await websocket.send_json({"type": "resync"})
         fresh = [r for r in rows if r["device_id"] not in sub.sent_fix or r["fix_time"] > sub.sent_fix[r["device_id"]]]
         zone_messages: list[dict[str, Any]] = []
         for row in sorted(fresh, key=lambda r: r["device_id"]):
@@ -264,17 +395,18 @@ async def live_info() -> JSONResponse:
 @router.websocket("/live")
 async def live(
     websocket: WebSocket,
-    token: Annotated[str | None, Query(description="API or session token (or the bearer header / session cookie)")] = None,
+    ticket: Annotated[str | None, Query(description="a single-use ticket from POST /api/v1/live/tickets "
+                                                    "(or send the bearer header)")] = None,
     account_id: Annotated[int | None, Query(description="staff only: one account's vehicles")] = None,
 ) -> None:
     pool: AsyncConnectionPool = websocket.app.state.pool
     try:
-        user = await _authenticate(pool, _token(websocket, token))
+        user, expires_at = await _open(websocket, pool)
     except ApiError as exc:
         await _refuse(websocket, exc)
         return
     scope = user.account_scope() if user.role == "client" else account_id
-    sub = Subscriber(user, scope)
+    sub = Subscriber(user, scope, expires_at)
     hub: Hub | None = getattr(websocket.app.state, "live_hub", None)
     if hub is None:
         hub = websocket.app.state.live_hub = Hub(websocket.app.state.database_url)
@@ -307,19 +439,21 @@ async def live(
             return
         await websocket.send_json({"type": "ready", "account_id": scope})
         while not closed.is_set():
+            wait_s = RECHECK_S  # a backstop: revocations arrive as pushes; expiry is known in advance
+            if sub.expires_at is not None:
+                wait_s = max(0.0, min(wait_s, (sub.expires_at - datetime.now(UTC)).total_seconds() + 0.5))
             try:
-                await asyncio.wait_for(sub.wake.wait(), RECHECK_S)
+                await asyncio.wait_for(sub.wake.wait(), wait_s)
             except TimeoutError:
-                try:  # the token may have been revoked, the account suspended meanwhile
-                    await _authenticate(pool, _token(websocket, token))
-                except ApiError as exc:
-                    await _refuse(websocket, exc)
-                    return
-                continue
+                sub.recheck = True
             sub.wake.clear()
             if closed.is_set():
                 break
-            await _flush(sub, websocket, pool)
+            try:
+                await _flush(sub, websocket, pool)
+            except ApiError as exc:
+                await _refuse(websocket, exc)
+                return
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away while we were sending
     except (psycopg.OperationalError, OSError) as exc:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, uvicorn_options
 from avl.admin import add_account, create_token, set_password
+from avl.config import Settings
 from avl.embedded import free_port
 
 
@@ -47,16 +50,28 @@ class _Server(uvicorn.Server):
         pass
 
 
-@pytest.fixture
-def api(db_url: str) -> Iterator[Api]:
+@contextlib.contextmanager
+def serve(db_url: str, settings: Settings | None = None, host: str = "127.0.0.1", **options: Any) -> Iterator[str]:
+    """The app on a real uvicorn in a thread, configured as `avl run` configures it (plus uvicorn
+    ``options``, e.g. ``ssl_certfile``/``ssl_keyfile``); yields its URL."""
+    settings = settings or Settings()
     port = free_port()
-    server = _Server(uvicorn.Config(create_app(db_url), host="127.0.0.1", port=port, log_level="warning"))
+    server = _Server(uvicorn.Config(create_app(db_url, settings=settings), host=host, port=port, log_level="warning",
+                                    **uvicorn_options(settings), **options))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "API did not start"
-    yield Api(f"http://127.0.0.1:{port}", db_url)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"{'https' if 'ssl_certfile' in options else 'http'}://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[Api]:
+    with serve(db_url) as url:
+        yield Api(url, db_url)

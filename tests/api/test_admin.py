@@ -51,7 +51,7 @@ def test_an_account_is_suspended_for_non_payment_reconnected_and_retired(api: Ap
         devices = [install(c, aid, cid, f"86217001000030{i}", f"AV{i}") for i in range(2)]
         got = c.get(f"{ADMIN}/accounts/{aid}").json()
         assert (got["name"], got["devices"], got["lines_suspended"], got["contact_msisdn"]) == \
-            ("Transportes Ávila", 2, 0, "584120000001")
+            ("Transportes Ávila", 2, 0, "+584120000001")
         client = api.token("client", "Despacho", account="Transportes Ávila")
 
         suspended = c.post(f"{ADMIN}/accounts/{aid}/suspend").json()
@@ -60,14 +60,14 @@ def test_an_account_is_suspended_for_non_payment_reconnected_and_retired(api: Ap
             assert cc.get("/api/v1/me").json()["account_status"] == "suspended"
         assert c.post(f"{ADMIN}/accounts/{aid}/reconnect").json()["status"] == "active"
 
-        retired = c.post(f"{ADMIN}/accounts/{aid}/retire", json={"reason": "contract ended"}).json()
+        retired = c.post(f"{ADMIN}/accounts/{aid}/retire", json={"kind": "non_payment", "reason": "contract ended"}).json()
         assert (retired["status"], retired["status_reason"], retired["lines_suspended"]) == \
             ("retired", "contract ended", 2)
         assert {c.get(f"{ADMIN}/devices/{d}").json()["line_status"] for d in devices} == {"suspended"}
         with api.client(client) as cc:
             assert cc.get("/api/v1/me").json()["error"] == "account_retired"  # web access blocked
         r = c.post(f"{ADMIN}/accounts/{aid}/reconnect")
-        assert r.status_code == 409 and "retired" in r.json()["message"]
+        assert r.status_code == 409 and r.json()["error"] == "account_retired"
         assert c.get(f"{ADMIN}/accounts", params={"status": "retired"}).json()[0]["id"] == aid
         assert c.get(f"{ADMIN}/accounts/999").status_code == 404
         assert c.post(f"{ADMIN}/accounts/999/suspend").status_code == 404

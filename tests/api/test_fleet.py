@@ -11,6 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -421,6 +422,14 @@ async def test_entering_a_forbidden_zone_is_an_enter_event_and_one_alert(fleet: 
 # Locate now --------------------------------------------------------------------------------
 
 
+def delivered(db_url: str, request_id: int) -> None:
+    """What the diagnostics worker's inbox records when the SMSC's DELIVRD receipt for the request's SMS
+    arrives (the SMPP leg is tested with the worker, in tests/api/test_billing.py)."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE sms_messages SET status = 'DELIVRD', delivered_at = clock_timestamp()"
+                     " WHERE id = (SELECT sms_id FROM locate_requests WHERE id = %s)", (request_id,))
+
+
 async def test_locate_now_queues_the_sms_is_billed_once_and_is_answered_by_a_fresh_report(fleet: Fleet,
                                                                                         tmp_path: Path) -> None:
     vid = fleet.ids[A_IMEI]
@@ -438,11 +447,18 @@ async def test_locate_now_queues_the_sms_is_billed_once_and_is_answered_by_a_fre
     with psycopg.connect(fleet.api.db_url) as conn:
         sms = conn.execute("SELECT direction, msisdn, device_id, body, status, purpose FROM sms_messages").fetchall()
         billed = conn.execute("SELECT kind, device_id, reference_id FROM billable_events").fetchall()
-    assert sms == [("mt", "584140000011", vid, "  getrecord", "queued", "locate")]
-    assert billed == [("locate_request", vid, req["id"])]
+    assert sms == [("mt", "+584140000011", vid, "  getrecord", "queued", "locate")]  # E.164
+    assert billed == []  # billed when answered, not when asked
     now = datetime.now(UTC).replace(microsecond=0)
     async with running_ingest(settings_for(tmp_path), fleet.api.db_url) as svc:
+        await send(svc, A_IMEI, [at(A_IMEI, now - timedelta(seconds=5), 10.43, -66.87)])  # before the SMS was delivered
+        with fleet.api.client(fleet.a) as c:
+            assert c.get(f"/api/v1/locate-requests/{req['id']}").json()["status"] == "pending"
+        delivered(fleet.api.db_url, req["id"])
         await send(svc, A_IMEI, [at(A_IMEI, now, 10.4321, -66.8765)])
+    with psycopg.connect(fleet.api.db_url) as conn:
+        billed = conn.execute("SELECT kind, device_id, reference_id, amount FROM billable_events").fetchall()
+    assert billed == [("locate_request", vid, req["id"], Decimal("1.00"))]
     with fleet.api.client(fleet.a) as c:
         done = c.get(f"/api/v1/locate-requests/{req['id']}").json()
         assert done["status"] == "answered"
@@ -453,6 +469,27 @@ async def test_locate_now_queues_the_sms_is_billed_once_and_is_answered_by_a_fre
         assert c.post(f"/api/v1/vehicles/{vid}/locate").status_code == 201
     with fleet.api.client(fleet.support) as c:  # a support request is not billed to the customer
         assert c.post(f"/api/v1/vehicles/{fleet.ids[B_IMEI]}/locate").json()["billable"] is False
+
+
+async def test_a_suspended_account_sees_its_locate_requests_but_not_the_position_they_found(
+        fleet: Fleet, tmp_path: Path) -> None:
+    vid = fleet.ids[A_IMEI]
+    with fleet.api.client(fleet.a) as c:
+        req = c.post(f"/api/v1/vehicles/{vid}/locate").json()
+    delivered(fleet.api.db_url, req["id"])
+    async with running_ingest(settings_for(tmp_path), fleet.api.db_url) as svc:
+        await send(svc, A_IMEI, [at(A_IMEI, datetime.now(UTC).replace(microsecond=0), 10.4321, -66.8765)])
+    with fleet.api.client(fleet.a) as c:
+        assert c.get(f"/api/v1/locate-requests/{req['id']}").json()["position"]["latitude"] == 10.4321
+    with psycopg.connect(fleet.api.db_url) as conn:
+        set_account_status(conn, "Flota A", "suspend")
+    with fleet.api.client(fleet.a) as c:
+        one = c.get(f"/api/v1/locate-requests/{req['id']}").json()
+        listed = c.get(f"/api/v1/vehicles/{vid}/locate-requests").json()
+    assert (one["status"], one["position"]) == ("answered", None)
+    assert [(x["id"], x["position"]) for x in listed] == [(req["id"], None)]
+    with fleet.api.client(fleet.support) as c:  # staff still see it
+        assert c.get(f"/api/v1/locate-requests/{req['id']}").json()["position"]["latitude"] == 10.4321
 
 
 def test_fleet_endpoints_need_a_token_and_a_fleet_role(api: Api) -> None:

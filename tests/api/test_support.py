@@ -5,6 +5,7 @@ overview and the unknown terminals."""
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,14 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def healthy_and_silent(port: int, healthy: str, silent: str) -> None:
+    """``healthy`` reports up to now; ``silent`` (registered for 1 s reports) sends 3 and goes quiet
+    for more than 3 of its intervals."""
+    await send_gl200(port, reports(healthy, 20, minutes_ago=0.1))
+    await send_gl200(port, reports(silent, 3, minutes_ago=0, step_s=1))
+    await asyncio.sleep(3.5)
+
+
 async def follow(c: httpx.AsyncClient, run_id: int, seconds: float = 20.0) -> tuple[dict[str, Any], list[list[str]]]:
     """Polls a run until it is done; returns it and the step names seen at each poll."""
     seen: list[list[str]] = []
@@ -48,13 +57,10 @@ async def test_a_checklist_run_is_followed_through_the_api_to_its_verdict(api: A
         {"identifier": HEALTHY, "protocol": "gl200", "plate": "AA001", "msisdn": "584140000201"},
         {"identifier": SILENT, "protocol": "gl200", "plate": "AA002", "msisdn": "584140000202", "interval": 1}])
     support = api.token("support", "Mesa de ayuda")
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, unreachable_after_s=1)  # a silence of seconds counts as long here
     async with running_ingest(settings, api.db_url) as svc, \
             httpx.AsyncClient(base_url=api.url, headers=auth(support), timeout=30) as c:
-        port = svc.tcp["gl200"].port
-        await send_gl200(port, reports(HEALTHY, 20, minutes_ago=0.1))
-        await send_gl200(port, reports(SILENT, 3, minutes_ago=0, step_s=1))
-        await asyncio.sleep(3.5)  # it goes quiet: more than 3 of its 1 s intervals
+        await healthy_and_silent(svc.tcp["gl200"].port, HEALTHY, SILENT)
 
         queued = {}
         for imei in (HEALTHY, SILENT):
@@ -78,26 +84,26 @@ async def test_a_checklist_run_is_followed_through_the_api_to_its_verdict(api: A
     assert all(s["status"] == "ok" for s in healthy["steps"])
     assert healthy["steps"][2]["evidence"]["reports_24h"] == 20
 
-    # The silent one: no SMSC configured here, so the ping is skipped and the terminal is unreachable.
-    assert (silent["status"], silent["verdict"]) == ("done", "unreachable")
+    # The silent one: no SMSC configured here, so no SMS test is possible: inconclusive, a call to the customer.
+    assert (silent["status"], silent["verdict"]) == ("done", "inconclusive")
     assert [s["name"] for s in silent["steps"]] == ["account", "platform", "reporting", "sms_ping", "action"]
-    assert silent["explanation"] == "The terminal neither reports nor answers SMS."
+    assert silent["explanation"].startswith("The remote tests could not decide")
     assert silent["steps"][2]["status"] == "fail" and "silent for" in silent["steps"][2]["summary"]
     # Polled while it ran: the steps appear one by one, in the procedure's order.
     final = [s["name"] for s in silent["steps"]]
     assert seen[-1] == final and all(names == final[:len(names)] for names in seen)
     ticket = silent["ticket"]
-    assert ticket["type"] == "field_service" and ticket["state"] == "open" and ticket["number"].startswith("AVL-")
+    assert ticket["type"] == "information" and ticket["state"] == "open" and ticket["number"].startswith("AVL-")
 
     with api.client(support) as sc:
         runs = sc.get(f"/api/v1/support/devices/{ids[SILENT]}/diagnostics").json()
         assert [r["id"] for r in runs] == [queued[SILENT]]
         # The ticket is found the ways a customer on the phone identifies the vehicle.
-        for params in ({"plate": "AA002"}, {"number": ticket["number"]}, {"device": SILENT}, {"device": "584140000202"},
-                       {"category": "unreachable", "open_only": True}, {"q": "certified installation center"}):
+        for params in ({"plate": "AA002"}, {"number": ticket["number"]}, {"device": SILENT}, {"device": "0414-0000202"},
+                       {"category": "inconclusive", "open_only": True}, {"q": "Llamar al cliente"}):
             assert [t["number"] for t in sc.get("/api/v1/support/tickets", params=params).json()] == [ticket["number"]]
         detail = sc.get(f"/api/v1/support/tickets/{ticket['number']}").json()
-        assert detail["activities"][0]["who"] == "diagnostics" and "Centro Chacao" in detail["activities"][0]["pending"]
+        assert detail["activities"][0]["who"] == "diagnostics" and "Sin visita al taller" in detail["activities"][0]["pending"]
         assert sc.get("/api/v1/support/diagnostics/99999").status_code == 404
         assert sc.post("/api/v1/support/devices/99999/diagnostics").status_code == 404
         hits = sc.get("/api/v1/support/devices", params={"q": "AA00"}).json()
@@ -108,8 +114,11 @@ def test_ticket_workflow_from_a_customer_call_to_closing(api: Api) -> None:
     ids = provision(api.db_url, account=ACCOUNT, devices=[{"identifier": HEALTHY, "protocol": "gl200", "plate": "AA001"}])
     with psycopg.connect(api.db_url) as conn:
         account_id = conn.execute("SELECT id FROM accounts WHERE name = %s", (ACCOUNT,)).fetchone()[0]  # type: ignore[index]
-    call = {"type": "field_service", "category": "antenna_damaged", "title": "Van antenna broken in a crash",
-            "account_id": account_id, "device_id": ids[HEALTHY],
+    # The intake the seeds ask for: who, through which line, the product, quantity, date, fault, resolution asked.
+    call = {"type": "technical", "category": "antenna_damaged", "title": "Van antenna broken in a crash",
+            "account_id": account_id, "device_id": ids[HEALTHY], "intake_channel": "consultant_line",
+            "reported_by": "Carla Ruiz (consultora de ventas)", "fault_reason": "la antena GPS se arrancó en un choque",
+            "requested_resolution": "repair",
             "activity": {"channel": "phone", "reason": "customer reports the GPS antenna was torn off",
                          "supplied": "ticket number", "pending": "appointment at Centro Chacao",
                          "appointment_at": "2026-11-25T09:00:00-04:00", "protocol_applied": "field service intake"}}
@@ -117,11 +126,17 @@ def test_ticket_workflow_from_a_customer_call_to_closing(api: Api) -> None:
         r = c.post("/api/v1/support/tickets", json=call)
         assert r.status_code == 201, r.text
         t = r.json()
-        assert (t["state"], t["type"], t["category"], t["plate"]) == ("open", "field_service", "antenna_damaged", "AA001")
+        assert (t["state"], t["type"], t["category"], t["plate"]) == ("open", "technical", "antenna_damaged", "AA001")
         assert t["first_response_at"] is not None and t["sla_due_at"] is not None
+        assert (t["intake_channel"], t["reported_by"], t["requested_resolution"], t["quantity"]) == \
+            ("consultant_line", "Carla Ruiz (consultora de ventas)", "repair", 1)
+        assert t["purchase_date"] == (date.today() - timedelta(days=90)).isoformat()  # the terminal's installation
+        assert t["intake_missing"] == ["product_model"] and t["queue"] == "technical"
+        # Nobody told the customer anything yet: the 24 h rule runs.
+        assert (t["inform_status"], t["customer_informed_at"]) == ("due", None)
         (opening,) = t["activities"]
-        assert (opening["who"], opening["channel"], opening["pending"]) == \
-            ("Mesa <mesa@support.local>", "phone", "appointment at Centro Chacao")
+        assert (opening["who"], opening["channel"], opening["pending"], opening["contact"]) == \
+            ("Mesa <mesa@support.local>", "phone", "appointment at Centro Chacao", "Carla Ruiz (consultora de ventas)")
         assert opening["appointment_at"].startswith("2026-11-25T13:00:00")
         # One open ticket per device and category.
         r = c.post("/api/v1/support/tickets", json=call)
@@ -129,7 +144,10 @@ def test_ticket_workflow_from_a_customer_call_to_closing(api: Api) -> None:
         info = c.post("/api/v1/support/tickets", json={
             "type": "information", "title": "How to export reports for a billing claim", "account_id": account_id,
             "activity": {"channel": "email", "reason": "asks for the export format"}}).json()
-        assert (info["category"], info["device_id"]) == ("information", None)
+        assert (info["category"], info["device_id"], info["intake_channel"], info["queue"]) == \
+            ("information", None, "email", "desk")
+        assert info["intake_missing"] == ["reported_by", "product_model", "purchase_date", "fault_reason",
+                                          "requested_resolution"]
 
         number = t["number"]
         found = c.get("/api/v1/support/tickets", params={"account_id": account_id}).json()
@@ -141,7 +159,8 @@ def test_ticket_workflow_from_a_customer_call_to_closing(api: Api) -> None:
         def move(state: str, **kw: Any) -> httpx.Response:
             return c.post(f"/api/v1/support/tickets/{number}/state", json={"state": state, **kw})
 
-        assert move("at_installation_center", note="vehicle dropped off").json()["state"] == "at_installation_center"
+        dropped = move("at_installation_center", note="vehicle dropped off").json()
+        assert dropped["state"] == "at_installation_center" and dropped["brought_in_at"] is not None
         r = c.post(f"/api/v1/support/tickets/{t['id']}/activities", json={
             "channel": "whatsapp", "reason": "center reports antenna replaced", "solution": "new GPS antenna fitted"})
         assert r.status_code == 201 and r.json()["activities"][-1]["solution"] == "new GPS antenna fitted"
@@ -149,8 +168,14 @@ def test_ticket_workflow_from_a_customer_call_to_closing(api: Api) -> None:
         assert resolved["state"] == "resolved" and resolved["resolved_at"] is not None
         r = move("open")
         assert r.status_code == 409 and r.json()["error"] == "invalid_transition"
+        told = c.post(f"/api/v1/support/tickets/{number}/activities", json={
+            "channel": "phone", "contact": "Carla Ruiz", "reason": "call back",
+            "customer_message": "La antena fue reemplazada; el caso queda resuelto."}).json()
+        assert told["inform_status"] == "informed" and told["activities"][-1]["contact"] == "Carla Ruiz"
         reopened = move("in_progress", note="customer says it still does not report").json()
         assert reopened["resolved_at"] is None
+        # Reopened: the customer is to be told again within 24 h.
+        assert (reopened["inform_status"], reopened["customer_informed_at"]) == ("due", None)
         move("resolved")
         closed = move("closed").json()
         assert closed["state"] == "closed" and closed["closed_at"] is not None and closed["resolved_at"] is not None

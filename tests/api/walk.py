@@ -39,6 +39,8 @@ B_ACCOUNT = "Transportes Zafiro Bravo"
 B_CONTACT = "584129990002"
 B_DEVICES = [("353201019000021", "ZFB901Q", "584149000021"), ("353201019000039", "ZFB902Q", "584149000039")]
 B_EMAIL = "operaciones@zafiro-bravo.example"
+# B's motorcycle (identifier, plate, its replacement terminal): an engineering review and a replacement.
+B_MOTO = ("353201019000047", "ZFB903M", "353201019000054")
 B_ZONE_NAME = "Zafiro depósito prohibido"
 A_ZONE_NAME = "Ámbar patio"
 
@@ -74,6 +76,8 @@ class Tenant:
     ticket_number: str = ""
     run_id: int = 0
     cert_id: int = 0
+    review_id: int = 0
+    replacement_id: int = 0
     extra_markers: list[str] = field(default_factory=list)
 
     def markers(self) -> list[str]:
@@ -113,6 +117,11 @@ class World:
             "user_id": [b.user_id],
             "token_id": [b.token_id],
             "center_id": [self.center_id],
+            "review_id": [b.review_id],
+            "replacement_id": [b.replacement_id],
+            # The console's message catalogues: public, the same for everyone (not B's data).
+            "lang": ["es", "en"],
+            "namespace": ["console"],
         }
 
 
@@ -205,6 +214,19 @@ def record_cases(world: World) -> None:
         cert = c.post("/api/v1/installers/certifications", json={"device_id": b1})
         assert cert.status_code == 201, cert.text
         b.cert_id = cert.json()["id"]
+    # The installation lifecycle: a motorcycle's engineering review and the replacement of its
+    # terminal, on a vehicle kept out of b.devices (its first terminal leaves the account).
+    with api.client(world.installer) as c:
+        moto = c.post("/api/v1/installers/installations", json={
+            "identifier": B_MOTO[0], "protocol": "gl200", "plate": B_MOTO[1], "supply_voltage_v": 12,
+            "kind": "motorcycle", "account_id": b.account_id})
+        assert moto.status_code == 201, moto.text
+        b.review_id = moto.json()["engineering_review"]["id"]
+        swap = c.post("/api/v1/installers/replacements",
+                      json={"plate": B_MOTO[1], "identifier": B_MOTO[2], "protocol": "gl200"})
+        assert swap.status_code == 201, swap.text
+        b.replacement_id = swap.json()["id"]
+    b.extra_markers.extend(B_MOTO)
 
 
 SNAPSHOT_SQL = {
