@@ -8,10 +8,12 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import date
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -22,8 +24,8 @@ log = logging.getLogger("avl")
 
 app = typer.Typer(help="AVL telemetry ingestion and fault-diagnosis server.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-account_app = typer.Typer(help="Corporate accounts: add, suspend (non-payment), reconnect, retire.", no_args_is_help=True)
-device_app = typer.Typer(help="Terminals: register and list.", no_args_is_help=True)
+account_app = typer.Typer(help="Corporate accounts: add, suspend, reconnect, retire; pre-paid top-ups and the ledger; the history of their state.", no_args_is_help=True)
+device_app = typer.Typer(help="Terminals: register, list, and set their decoder options.", no_args_is_help=True)
 center_app = typer.Typer(help="Installation centers.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
@@ -36,6 +38,8 @@ def _settings() -> Settings:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if settings.log_level != "DEBUG":  # smpplib's connection chatter ("unbind_resp" unhandled at every stop)
+        logging.getLogger("smpp").setLevel(logging.ERROR)
     return settings
 
 
@@ -43,9 +47,10 @@ def _settings() -> Settings:
 def _db(settings: Settings) -> Iterator[Any]:
     """A connection (one transaction, committed on success) on a migrated database."""
     from avl.db import connect
-    from avl.runtime import prepare
+    from avl.runtime import adopt_running, prepare
 
-    rt = prepare(settings)
+    settings, source = adopt_running(settings)
+    rt = prepare(settings, database_source=source)
     try:
         with connect(rt.database_url) as conn:
             yield conn
@@ -66,10 +71,10 @@ def migrate() -> None:
     from avl.db import connect
     from avl.db.migrate import migrate as run
     from avl.db.migrate import storage_mode
-    from avl.runtime import prepare
+    from avl.runtime import adopt_running, prepare
 
-    settings = _settings()
-    rt = prepare(settings, migrate_schema=False)
+    settings, source = adopt_running(_settings())
+    rt = prepare(settings, migrate_schema=False, database_source=source)
     try:
         with connect(rt.database_url) as conn:
             applied = run(conn)
@@ -90,48 +95,79 @@ def available_components() -> list[str]:
 
 
 async def run_services(settings: Settings, database_url: str, mqtt_url: str | None, components: list[str],
-                       extra: list[Callable[[], Coroutine[Any, Any, None]]] | None = None) -> None:
-    """Runs the chosen services until SIGINT/SIGTERM or until one of them fails."""
+                       extra: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+                       on_started: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+    """Runs the chosen services until SIGINT/SIGTERM or until one of them fails.
+
+    Started in order (ingest listening, diagnostics, the API, then ``extra``), so a port in use
+    fails before anything announces itself; ``on_started`` runs once all are up. Stopped in the
+    reverse order: ``extra`` first (a virtual fleet), then the API, then the services."""
     import uvicorn
 
-    from avl.runtime import check_port_free
+    from avl.runtime import check_port_free, wait_listening
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:  # we handle signals ourselves
             yield
 
-    coros: list[Coroutine[Any, Any, None]] = []
     server = None
     if "api" in components:
-        from api.app import create_app
+        from api.app import create_app, uvicorn_options
 
         check_port_free(settings.api_host, settings.api_port, "AVL_API_PORT")
         read_url = settings.database_read_url.get_secret_value() if settings.database_read_url else None
-        config = uvicorn.Config(create_app(database_url, read_url=read_url), host=settings.api_host, port=settings.api_port,
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(create_app(database_url, read_url=read_url, settings=settings), host=settings.api_host,
+                                port=settings.api_port, log_level="warning", lifespan="on", **uvicorn_options(settings))
         server = _Server(config)
-        coros.append(server.serve())
-    if "ingest" in components:
-        coros.append(importlib.import_module("ingest.service").run(settings, database_url, mqtt_url))
-    if "diagnostics" in components:
-        coros.append(importlib.import_module("diagnostics.service").run(settings, database_url, mqtt_url))
-    for factory in extra or []:
-        coros.append(factory())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (a background job)
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(c) for c in coros]
+    services: list[asyncio.Task[None]] = []
+    extras: list[asyncio.Task[None]] = []
+    api_task: asyncio.Task[None] | None = None
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    if server is not None:
-        server.should_exit = True  # uvicorn drains its connections and returns
-    for t in tasks[1 if server is not None else 0:]:
-        t.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    stopper.cancel()
+
+    def failed() -> bool:
+        return stop.is_set() or any(t.done() for t in services)
+
+    try:
+        if "ingest" in components:
+            services.append(asyncio.create_task(importlib.import_module("ingest.service").run(
+                settings, database_url, mqtt_url)))
+            await wait_listening(settings, services[-1])
+        if "diagnostics" in components and not failed():
+            services.append(asyncio.create_task(importlib.import_module("diagnostics.service").run(
+                settings, database_url, mqtt_url)))
+        if server is not None and not failed():
+            api_task = asyncio.create_task(server.serve())
+            while not server.started:  # uvicorn has no event for it
+                done, _ = await asyncio.wait([api_task, stopper, *services], timeout=0.05,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    break
+        if not (failed() or (api_task is not None and api_task.done())):
+            extras = [asyncio.create_task(factory()) for factory in extra or []]
+            where = f"; API and web console on http://{settings.api_host}:{settings.api_port}" if server else ""
+            log.info("running: %s%s", ", ".join(components), where)
+            if on_started is not None:
+                await on_started()
+            await asyncio.wait([*services, *extras, *([api_task] if api_task else []), stopper],
+                               return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in extras:
+            t.cancel()
+        results = await asyncio.gather(*extras, return_exceptions=True)
+        if server is not None:
+            server.should_exit = True  # uvicorn drains its connections and returns
+        if api_task is not None:
+            results += await asyncio.gather(api_task, return_exceptions=True)
+        for t in services:
+            t.cancel()
+        results += await asyncio.gather(*services, return_exceptions=True)
+        stopper.cancel()
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
             raise r
@@ -143,7 +179,6 @@ def _serve(components: list[str]) -> None:
     settings = _settings()
     rt = prepare(settings, broker="ingest" in components)
     try:
-        log.info("serving %s; API on http://%s:%s", ", ".join(components), settings.api_host, settings.api_port)
         asyncio.run(run_services(settings, rt.database_url, rt.mqtt_url, components))
     finally:
         rt.close()
@@ -181,46 +216,9 @@ def diagnostics() -> None:
 def demo() -> None:
     """The whole system on the embedded default: database, broker, SMSC, a demo fleet account
     whose vehicles are a virtual fleet on the real protocols, and the server."""
-    from pydantic import SecretStr
-
     from avl import demo as demo_mod
-    from avl.db import connect
-    from avl.runtime import check_port_free, prepare
 
-    settings = _settings()
-    components = available_components()
-    if settings.smpp_host is None:  # the demo brings its own SMSC
-        check_port_free("127.0.0.1", settings.smpp_port, "AVL_SMPP_PORT")
-        settings = settings.model_copy(update={"smpp_host": "127.0.0.1", "smpp_system_id": "avl",
-                                               "smpp_password": SecretStr("avl-secret")})
-    rt = prepare(settings, broker=True)
-    try:
-        with connect(rt.database_url) as conn:
-            info = demo_mod.provision(conn, rt.database_url, settings, rt.mqtt_url)
-        base = f"http://{settings.api_host}:{settings.api_port}"
-        lines = [
-            "",
-            "AVL demo is running (Ctrl-C stops everything it started).",
-            f"  web console:  {base}/console/login",
-            f"  API:          {base}/api/v1   (OpenAPI docs: {base}/api/docs)",
-            f"  health:       {base}/health",
-            f"  database:     {rt.database_url}",
-            f"  MQTT broker:  {rt.mqtt_url}",
-            f"  SMSC (SMPP):  127.0.0.1:{settings.smpp_port}",
-            f"  services:     {', '.join(components)}, virtual fleet ({demo_mod.VEHICLES} vehicles), SMSC",
-            f"  demo account: {info['account']} with {info['devices']} devices",
-            f"  console logins (password {info['password']}): "
-            + ", ".join(f"{role} {email}" for role, email in info["logins"].items()),
-            "  tokens (use as 'Authorization: Bearer <token>'):",
-        ]
-        lines += [f"    {role:<10} {token}" for role, token in info["tokens"].items()]
-        lines += [f"  try: curl -H 'Authorization: Bearer {info['tokens']['client']}' {base}/api/v1/vehicles", ""]
-        typer.echo("\n".join(lines))
-        asyncio.run(run_services(settings, rt.database_url, rt.mqtt_url, components,
-                                 demo_mod.extras(settings, rt.mqtt_url, settings.smpp_port)))
-    finally:
-        rt.close()
-        typer.echo("demo stopped")
+    demo_mod.run(_settings(), available_components())
 
 
 @app.command()
@@ -248,11 +246,11 @@ def diagnose(
     as_json: Annotated[bool, typer.Option("--json", help="print the steps with all their evidence as JSON")] = False,
 ) -> None:
     """Run the fault checklist on one device now; print the steps, evidence and verdict."""
-    from avl.runtime import prepare
+    from avl.runtime import adopt_running, prepare
     from diagnostics.cli import diagnose_now
 
-    settings = _settings()
-    rt = prepare(settings)
+    settings, source = adopt_running(_settings())
+    rt = prepare(settings, database_source=source)
     try:
         report_text, evidence = asyncio.run(diagnose_now(settings, rt.database_url, settings.mqtt_url, device, wait))
     finally:
@@ -298,29 +296,138 @@ def account_add(
                            contact_msisdn=contact_msisdn, contact_email=contact_email))
 
 
-def _status(action: str, account: str, reason: str | None) -> None:
-    from avl.admin import set_account_status
+@contextlib.contextmanager
+def _billing() -> Iterator[tuple[Any, Settings]]:
+    """A connection for an ``avl.billing`` operation; its refusals are one line in AVL_LANGUAGE."""
+    from avl.admin import AdminError
+    from avl.billing import BillingError
 
-    with _db(_settings()) as conn:
-        _print(set_account_status(conn, account, action, reason))
+    settings = _settings()
+    try:
+        with _db(settings) as conn:
+            yield conn, settings
+    except BillingError as exc:
+        raise AdminError(exc.message(settings.language)) from None
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli {getpass.getuser()}"
+
+
+def _account_change(done: dict[str, Any]) -> None:
+    _print({**done["account"], "change": done["change"]})
 
 
 @account_app.command("suspend")
-def account_suspend(account: str, reason: Annotated[str, typer.Option()] = "non-payment") -> None:
-    """Suspend an account (non-payment): no live data until reconnected."""
-    _status("suspend", account, reason)
+def account_suspend(
+    account: str,
+    cause: Annotated[str, typer.Option(help="non_payment (a payment reconnects it) or administrative")] = "non_payment",
+    reason: Annotated[str | None, typer.Option(help="why, in words (default: the cause)")] = None,
+) -> None:
+    """Suspend an account and its lines: no live data, no locate-now, until reconnected."""
+    from avl import billing
+
+    if cause not in ("non_payment", "administrative"):
+        raise ConfigError(f"--cause: non_payment or administrative, not {cause!r}")
+    with _billing() as (conn, _):
+        _account_change(billing.run(conn, billing.suspend(account, cause=cause, reason=reason,  # type: ignore[arg-type]
+                                                          actor=_actor(), via="cli")))
 
 
 @account_app.command("reconnect")
-def account_reconnect(account: str) -> None:
-    """Reconnect a suspended account (payment received)."""
-    _status("reconnect", account, None)
+def account_reconnect(account: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
+    """Reconnect a suspended account (payment received), and the lines its suspension suspended."""
+    from avl import billing
+
+    with _billing() as (conn, _):
+        _account_change(billing.run(conn, billing.reconnect(account, reason=reason, actor=_actor(), via="cli")))
 
 
 @account_app.command("retire")
-def account_retire(account: str, reason: Annotated[str, typer.Option()] = "service retired") -> None:
-    """Retire an account: web access blocked, every terminal's line suspended."""
-    _status("retire", account, reason)
+def account_retire(
+    account: str,
+    kind: Annotated[str, typer.Option(help="voluntary, non_payment or by_payment")],
+    letter: Annotated[str | None, typer.Option(help="voluntary: the signed request letter's reference")] = None,
+    force_reason: Annotated[str | None, typer.Option(
+        help="voluntary before the minimum permanence (AVL_MIN_PERMANENCE_MONTHS): why it is retired anyway")] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Retire an account: web access blocked (tokens and sessions revoked), every line suspended,
+    queued SMS and locate-now requests cancelled, open tickets closed; the data is kept."""
+    from avl import billing
+
+    if kind not in billing.RETIREMENT_KINDS:
+        raise ConfigError(f"--kind: voluntary, non_payment or by_payment, not {kind!r}")
+    with _billing() as (conn, settings):
+        _account_change(billing.run(conn, billing.retire(
+            account, kind, actor=_actor(), via="cli", reason=reason, letter=letter,  # type: ignore[arg-type]
+            force_reason=force_reason, permanence_months=settings.min_permanence_months, lang=settings.language)))
+
+
+def _amount(value: str) -> Decimal:
+    try:
+        amount = Decimal(value)
+        if amount.is_finite() and amount == amount.quantize(Decimal("0.01")):
+            return amount
+    except ArithmeticError:
+        pass
+    raise ConfigError(f"AMOUNT: {value!r} is not an amount with at most two decimals (e.g. 50 or 50.00)")
+
+
+@account_app.command("topup")
+def account_topup(
+    account: str,
+    amount: Annotated[str, typer.Argument(help="amount to add, e.g. 50.00")],
+    reference: Annotated[str | None, typer.Option(help="the payment's reference: the same one again is not added twice")]
+    = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Top up a pre-paid balance (reconnects an account suspended because its balance ran out)."""
+    from avl import billing
+
+    with _billing() as (conn, _):
+        _print(billing.run(conn, billing.topup(account, _amount(amount), reference=reference, reason=reason,
+                                               actor=_actor(), via="cli")))
+
+
+@account_app.command("adjust")
+def account_adjust(
+    account: str,
+    amount: Annotated[str, typer.Option(help="signed amount, e.g. --amount -1.00 to take back a charge")],
+    reason: Annotated[str, typer.Option(help="why")],
+    reference: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Correct a pre-paid balance, either sign, with a reason."""
+    from avl import billing
+
+    with _billing() as (conn, _):
+        _print(billing.run(conn, billing.adjust(account, _amount(amount), reason=reason, reference=reference,
+                                                actor=_actor(), via="cli")))
+
+
+@account_app.command("ledger")
+def account_ledger(account: str, limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
+    """The balance and its movements, newest first (one JSON line each, the account first)."""
+    from avl import billing
+
+    with _billing() as (conn, _):
+        found = billing.run(conn, billing.summary(billing.run(conn, billing.account(account))["id"]))
+        _print(found)
+        for row in billing.run(conn, billing.ledger(found["id"], limit=limit)):
+            _print(row)
+
+
+@account_app.command("history")
+def account_history(account: str, limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
+    """Who or what changed the account's state, why and when, newest first."""
+    from avl import billing
+
+    with _billing() as (conn, _):
+        found = billing.run(conn, billing.account(account))
+        for row in billing.run(conn, billing.status_changes(found["id"], limit=limit)):
+            _print(row)
 
 
 @center_app.command("add")
@@ -330,12 +437,13 @@ def center_add(
     lon: Annotated[float, typer.Option(help="longitude (WGS84)")],
     address: Annotated[str | None, typer.Option()] = None,
     phone: Annotated[str | None, typer.Option()] = None,
+    hours: Annotated[str | None, typer.Option(help="opening hours, e.g. 'Lu-Vi 8:00-17:00, Sa 8:00-12:00'")] = None,
 ) -> None:
     """Add a certified installation center."""
     from avl.admin import add_center
 
     with _db(_settings()) as conn:
-        _print(add_center(conn, name, lat, lon, address=address, phone=phone))
+        _print(add_center(conn, name, lat, lon, address=address, phone=phone, hours=hours))
 
 
 @device_app.command("add")
@@ -349,22 +457,65 @@ def device_add(
     kind: Annotated[str, typer.Option(help="vehicle kind: car, van, truck, bus, motorcycle, other")] = "car",
     model: Annotated[str | None, typer.Option()] = None,
     firmware: Annotated[str | None, typer.Option()] = None,
-    interval: Annotated[int, typer.Option(help="expected report interval, seconds")] = 60,
+    interval: Annotated[int, typer.Option(help="expected report interval while moving, seconds")] = 60,
+    parked_interval: Annotated[int | None, typer.Option(
+        help="expected report interval parked (ignition off), seconds; default: learned from its reports")] = None,
+    sms_password: Annotated[str | None, typer.Option(
+        help="the terminal's SMS command password, where its family needs one (default: the factory one)")] = None,
     center: Annotated[str | None, typer.Option(help="installation center id or name")] = None,
     installed: Annotated[str | None, typer.Option(help="installation date YYYY-MM-DD")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        help="a decoder option key=value, repeatable, e.g. --option form=UID,EV,D,T,LT,LN (README: Ingest)")] = None,
 ) -> None:
     """Register a terminal (and its vehicle)."""
-    from avl.admin import AdminError, DeviceSpec, add_device
+    from avl.admin import AdminError, DeviceSpec, add_device, set_device_options
 
     try:
         installed_at = date.fromisoformat(installed) if installed else None
     except ValueError:
         raise AdminError(f"--installed: {installed!r} is not a date (YYYY-MM-DD)") from None
+    options = _decoder_options(option or [], "--option")
     spec = DeviceSpec(identifier=identifier, protocol=protocol, account=account, msisdn=msisdn, plate=plate,
                       supply_voltage_v=voltage, vehicle_kind=kind, model=model, firmware=firmware,
-                      report_interval_s=interval, center=center, installed_at=installed_at)
+                      report_interval_s=interval, center=center, installed_at=installed_at,
+                      parked_interval_s=parked_interval, sms_password=sms_password)
     with _db(_settings()) as conn:
-        _print(add_device(conn, spec))
+        device = add_device(conn, spec)
+        if options:
+            device["options"] = set_device_options(conn, identifier, options, protocol=protocol)["options"]
+        _print(device)
+
+
+@device_app.command("set-option")
+def device_set_option(
+    identifier: Annotated[str, typer.Argument(help="what the terminal sends: IMEI, ESN/MEID or vendor id")],
+    options: Annotated[list[str], typer.Argument(
+        help="key=value, one or more (README: Ingest lists each protocol's options); key= removes the option",
+        show_default=False)],
+    protocol: Annotated[str | None, typer.Option(
+        help="the device's protocol, when its identifier is registered for several")] = None,
+) -> None:
+    """Set a terminal's decoder options (layout, time zone, ack...): ingest applies them from its next frame."""
+    from avl.admin import set_device_options
+
+    changes = _decoder_options(options, "set-option")
+    with _db(_settings()) as conn:
+        _print(set_device_options(conn, identifier, changes, protocol=protocol))
+
+
+def _decoder_options(pairs: list[str], where: str) -> dict[str, Any]:
+    """``key=value`` pairs as decoder options: ``true``/``false`` are yes/no, anything else is text (as
+    the unit's own configuration spells it); an empty value (``key=``) is None, which removes the option."""
+    from avl.admin import AdminError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key) is None:
+            raise AdminError(f"{where}: {pair!r} is not key=value (a key is letters, digits and _)")
+        value = value.strip()
+        options[key] = None if not value else {"true": True, "false": False}.get(value.lower(), value)
+    return options
 
 
 @device_app.command("list")

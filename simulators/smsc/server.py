@@ -29,8 +29,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import re
+import signal
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -692,9 +695,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default_validity": args.validity,
         "retry_interval": args.retry,
     }
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, **options))
+    try:
+        asyncio.run(_serve_until_signalled(args.host, args.port, options))
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"avl smsc: --port: cannot listen on {args.host}:{args.port} ({reason})", file=sys.stderr)
+        return 2
     return 0
+
+
+async def _serve_until_signalled(host: str, port: int, options: dict[str, Any]) -> None:
+    """Serves until SIGINT or SIGTERM. Handlers are installed explicitly: a process started as a
+    shell's background job inherits SIGINT ignored, and Python then raises no KeyboardInterrupt."""
+    smsc = Smsc(**options)
+    await smsc.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await smsc.stop()
 
 
 __all__ = ["BindMode", "Session", "Smsc", "SmscThread", "main", "serve"]
