@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import avl
 from api import auth, console
 from api.deps import AnyUser, ApiError, Db, pool
+from api.fleet_snapshot import FleetSnapshots
 from avl.config import Settings, load_settings
 from avl.db import first_line
 
@@ -83,6 +84,9 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
                                  kwargs={"autocommit": True, "application_name": "avl-api"}, timeout=10)
         await db.open()
         app.state.pool = db
+        app.state.fleet_snapshots = FleetSnapshots(db, database_url) if settings.api_fleet_snapshot else None
+        if app.state.fleet_snapshots is not None:
+            app.state.fleet_snapshots.start()
         app.state.database_url = database_url
         replica = None
         if read_url:
@@ -93,6 +97,8 @@ def create_app(database_url: str, *, read_url: str | None = None, pool_size: int
         try:
             yield
         finally:
+            if app.state.fleet_snapshots is not None:
+                await app.state.fleet_snapshots.close()
             if replica is not None:
                 await replica.close()
             await db.close()

@@ -135,9 +135,17 @@ async def run_services(settings: Settings, database_url: str, mqtt_url: str | No
 
     try:
         if "ingest" in components:
+            # `avl ingest` alone may use several processes (each listening itself: `ready` says when all
+            # do); `avl serve` runs it in this one.
+            processes = settings.ingest_processes if components == ["ingest"] else 1
+            ready = asyncio.Event()
             services.append(asyncio.create_task(importlib.import_module("ingest.service").run(
-                settings, database_url, mqtt_url)))
-            await wait_listening(settings, services[-1])
+                settings, database_url, mqtt_url, processes=processes, ready=ready)))
+            if processes == 1:
+                await wait_listening(settings, services[-1])
+            else:
+                await asyncio.wait([services[-1], asyncio.create_task(ready.wait())],
+                                   return_when=asyncio.FIRST_COMPLETED)
         if "diagnostics" in components and not failed():
             services.append(asyncio.create_task(importlib.import_module("diagnostics.service").run(
                 settings, database_url, mqtt_url)))

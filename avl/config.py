@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     embedded_mqtt_port: int = Field(18830, description="TCP port (127.0.0.1) of the embedded MQTT broker.")
     mqtt_group: str = Field(
         "", description="Shared-subscription group when several ingest processes split the MQTT input "
-        "(`$share/<group>/avl/in/#`); empty: a plain persistent subscription (one ingest process)."
+        "(`$share/<group>/avl/in/#`); empty: a plain persistent subscription (the first ingest process alone)."
     )
     # API -------------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the HTTP API and web console listen on.")
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     )
     api_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body the API reads; a larger one is refused with 413."
+    )
+    api_fleet_snapshot: bool = Field(
+        True, description="Serve the fleet list (`GET /api/v1/vehicles`) from a per-account snapshot in the API "
+        "process, kept current by the database's notifications and checked against it on every request (while the "
+        "API's listening connection is down the database builds it); false: the database builds the list on each "
+        "request."
     )
     # Ingest ----------------------------------------------------------------------------
     ingest_host: str = Field("0.0.0.0", description="Address the device listeners (TCP/UDP/HTTP) bind to.")
@@ -135,6 +141,18 @@ class Settings(BaseSettings):
     )
     unknown_retention_days: int = Field(
         3, ge=1, description="Unregistered-device sightings not seen for this long are deleted."
+    )
+    ingest_processes: int = Field(
+        0, ge=0, description="Processes `avl ingest` runs on the shared device ports (`SO_REUSEPORT`), each with its "
+        "own writer and spool (`spool.log`, `spool-<n>.log` in `AVL_DATA_DIR/spool`); the first one alone takes the "
+        "MQTT input, or, with `AVL_MQTT_GROUP` set, all of them through that shared subscription, each with its own "
+        "client id (`-<n>` added after the first). A dead one is restarted. 0: one per CPU the command may use (CPU "
+        "affinity and cgroup quota). `avl serve` runs ingest inside its own process."
+    )
+    duplicate_window_s: float = Field(
+        300.0, ge=0, description="A report without a time of its own (an H02 report with an empty time, OsmAnd without "
+        "`timestamp`, a command result, a heartbeat) whose frame arrives again from the same device within this long "
+        "is a resend: acknowledged and stored once. 0: every arrival is stored."
     )
     # Diagnostics -------------------------------------------------------------------
     smpp_host: str | None = Field(None, description="SMSC host for SMS pings (unset: SMS pings are disabled).")

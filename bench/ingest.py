@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=10, help="GT06 location frames in flight per connection "
                    "(1 = one at a time)")
     p.add_argument("--workers", type=int, default=1, help="load-generator processes")
+    p.add_argument("--rate", type=float, default=0.0, help="fixed-rate mode: positions/s offered by all the "
+                   "connections together, evenly (0: each connection sends again as soon as it is ACKed, i.e. "
+                   "saturation); for send->ACK latency at a chosen load, e.g. half the saturated rate")
     p.add_argument("--naive-rows", type=int, default=5000, help="rows for the one-INSERT-per-commit reference")
     p.add_argument("--copy-rows-max", type=int, default=2_000_000, help="cap on the rows of the bare COPY reference")
     p.add_argument("--drain", type=float, default=15.0, help="seconds to wait for the last ACKs after the window")
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--protocols: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(PROTOCOLS)}")
     if not 1 <= args.batch <= 255:
         p.error("--batch: 1 to 255 records (a Teltonika frame's limit)")
+    if args.rate < 0:
+        p.error("--rate: positions/s, 0 or more")
     if args.connections < len(args.protocols) or args.duration <= 0 or args.window < 1 or args.workers < 1:
         p.error("--connections (at least one per protocol), --duration, --window and --workers must be positive")
     for item in args.server_env:
@@ -206,7 +211,7 @@ def py_spy() -> str | None:
 class Snapshot:
     def __init__(self, ingest_pid: int, postmaster_pid: int, worker_pids: list[int], metrics_port: int) -> None:
         self.at = time.monotonic()
-        self.ingest = procstat.cpu_seconds(ingest_pid)
+        self.ingest = procstat.tree_cpu_seconds(ingest_pid)  # with its worker processes
         self.postgres = procstat.tree_cpu_seconds(postmaster_pid)
         self.workers = sum(procstat.cpu_seconds(pid) for pid in worker_pids)
         self.bench = procstat.cpu_seconds(os.getpid())
@@ -255,7 +260,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def latency_ms(samples: array) -> dict[str, float]:
+def latency_ms(samples: array[float]) -> dict[str, float]:
     values = sorted(samples)
     return {"frames": len(values), "p50_ms": 1000 * percentile(values, 50), "p99_ms": 1000 * percentile(values, 99),
             "max_ms": 1000 * values[-1] if values else 0.0}
@@ -267,6 +272,7 @@ def run_load(args: argparse.Namespace, devices: list[SimDevice], ports: dict[str
     total_s = args.warmup + args.duration
     options = {
         "track_start": track_start.isoformat(), "batch": args.batch, "window": args.window, "drain_s": args.drain,
+        "rate_per_connection": args.rate / len(devices),
         # frames encoded before the run (per device: well above what one device sends at these rates)
         "prebuild_frames": {TELTONIKA: 100 + int(10 * total_s), GT06: 1000 + int(400 * total_s)},
     }
@@ -294,7 +300,7 @@ def run_load(args: argparse.Namespace, devices: list[SimDevice], ports: dict[str
         log(f"{connected} devices connected and logged in; load for {args.warmup:g} s warm-up"
             f" + {args.duration:g} s measured")
         pids = [p.pid for p in procs if p.pid is not None]
-        mem_before = procstat.memory_kib(ingest.pid)
+        mem_before = procstat.tree_memory_kib(ingest.pid)
         start = time.monotonic() + 0.3
         clock = (start, start + args.warmup, start + total_s)
         for pipe in pipes:
@@ -317,14 +323,14 @@ def run_load(args: argparse.Namespace, devices: list[SimDevice], ports: dict[str
             elif at_window is not None and now >= clock[2]:
                 at_end = Snapshot(ingest.pid, postmaster_pid, pids, metrics_port)
                 break
-            mem = procstat.memory_kib(ingest.pid)
+            mem = procstat.tree_memory_kib(ingest.pid)
             if "VmRSS" in mem:
                 rss_samples.append((now - start, mem["VmRSS"]))
             if now >= next_scrape and now >= clock[0]:
                 queue_samples.append(scrape(metrics_port).get("avl_writer_queue_rows", 0.0))
                 next_scrape = now + 1.0
             time.sleep(max(0.0, min(0.25, (clock[1] if at_window is None else clock[2]) - time.monotonic())))
-        mem_end_of_window = procstat.memory_kib(ingest.pid)
+        mem_end_of_window = procstat.tree_memory_kib(ingest.pid)
 
         results: list[dict[str, Any]] = []
         deadline = time.monotonic() + args.drain + 60
@@ -335,7 +341,7 @@ def run_load(args: argparse.Namespace, devices: list[SimDevice], ports: dict[str
             if kind != "result":
                 raise RuntimeError(f"load generator failed: {value}")
             results.append(value)
-        mem_after = procstat.memory_kib(ingest.pid)
+        mem_after = procstat.tree_memory_kib(ingest.pid)
         if profiler is not None:
             try:
                 profiler.wait(60)
@@ -409,7 +415,7 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
         return None
     suffix = args.profile.suffix.lower()
     fmt = "flamegraph" if suffix == ".svg" else "speedscope" if suffix == ".json" else "raw"
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(args.duration))), "--rate", "250",
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(args.duration))), "--rate", "250", "--subprocesses",
            "--nonblocking", "--format", fmt, "--output", str(args.profile)]
     log(f"profiling the ingest process: {' '.join(cmd)}")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -578,7 +584,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": {"connections": args.connections, "protocols": args.protocols, "batch": args.batch,
                    "gt06_window": args.window, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "workers": args.workers, "server_env": args.server_env, "server_command": args.server_command},
+                   "workers": args.workers, "rate": args.rate, "server_env": args.server_env, "server_command": args.server_command},
         "machine": {"cpus": os.cpu_count(), "postgres": server},
         "end_to_end": load,
         "bare_copy": copy,
@@ -607,7 +613,8 @@ def summary(r: dict[str, Any]) -> str:
         + ", ".join(f"{p['connections']} {name}" for name, p in e["protocols"].items())
         + f"; Teltonika {c['batch']} records/frame, GT06 window {c['gt06_window']} frames), "
         f"{c['duration_s']:g} s measured after {c['warmup_s']:g} s warm-up, {c['workers']} load-generator process(es);"
-        f" at most {e['max_in_flight']:,} positions in flight (sent, not yet ACKed)",
+        f" at most {e['max_in_flight']:,} positions in flight (sent, not yet ACKed)"
+        + (f"; fixed rate: {c['rate']:,.0f} positions/s offered" if c.get("rate") else ""),
         f"machine: {r['machine']['cpus']} CPUs; PostgreSQL {pg['server_version']} (fsync={pg['fsync']}, "
         f"synchronous_commit={pg['synchronous_commit']}, full_page_writes={pg['full_page_writes']}, "
         f"shared_buffers={pg['shared_buffers']})",

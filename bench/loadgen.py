@@ -7,6 +7,9 @@ the connections over real TCP, each connection behaving like a terminal with a b
 * GT06: login (10-byte ACK), then location frames (0x22), one position per frame as the
   protocol has it; ``window`` frames are written back to back and the connection waits for
   all their 10-byte ACKs before sending the next ``window`` (a device emptying its buffer).
+* Fixed rate (``rate_per_connection`` > 0, ``bench.ingest --rate``): each connection sends its
+  frames (GT06: its windows) at that many positions per second instead of as soon as the last
+  ACK is in (``Pace``), so send->ACK latency is measured at a chosen load rather than at saturation.
 
 Frames are encoded before the run, once, and shared by every connection of a protocol:
 neither Teltonika data frames nor GT06 location frames carry the device's identity (the
@@ -91,7 +94,7 @@ class ProtocolStats:
     positions_acked: int = 0  # whole run (warm-up, window and drain)
     window_positions: int = 0  # ACKed within the measurement window
     window_frames: int = 0
-    latencies: array = field(default_factory=lambda: array("d"))  # seconds, frames ACKed in the window
+    latencies: array[float] = field(default_factory=lambda: array("d"))  # seconds, frames ACKed in the window
     per_second: Counter[int] = field(default_factory=Counter)  # second since the window opened -> positions ACKed
     errors: list[str] = field(default_factory=list)
     unacked_frames: int = 0  # sent, never ACKed (connection error or drain timeout)
@@ -145,14 +148,40 @@ async def _connect(spec: SimDevice, port: int, stats: ProtocolStats) -> Device |
     return Device(spec, reader, writer)
 
 
-async def _teltonika(dev: Device, book: FrameBook, stats: ProtocolStats, clock: Clock) -> None:
+class Pace:
+    """Fixed-rate mode: a connection's sends ``interval`` seconds apart from its own phase (spread
+    over the first interval, so the connections together send evenly). When an ACK comes later than
+    the next send is due, the send follows the ACK at once: the device's backlog, sent as soon as
+    the protocol lets it. ``interval`` 0: as fast as the ACKs come back."""
+
+    def __init__(self, clock: Clock, interval: float, phase: float) -> None:
+        self.interval = interval
+        self.next_at = clock.start + phase * interval
+
+    async def wait(self) -> None:
+        if self.interval:
+            delay = self.next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.next_at += self.interval
+
+
+def _phase(imei: str) -> float:
+    return (int(imei) * 0.6180339887) % 1.0
+
+
+async def _teltonika(dev: Device, book: FrameBook, stats: ProtocolStats, clock: Clock, rate: float) -> None:
     reader, writer = dev.reader, dev.writer
     k = dev.spec.offset
     expected = book.batch.to_bytes(4, "big")
     lat = stats.latencies
     monotonic = time.monotonic
+    pace = Pace(clock, book.batch / rate if rate else 0.0, _phase(dev.spec.imei))
     await asyncio.sleep(max(0.0, clock.start - monotonic()))
-    while (sent_at := monotonic()) < clock.end:
+    while True:
+        await pace.wait()
+        if (sent_at := monotonic()) >= clock.end:
+            break
         writer.write(book.get(k))
         stats.frames_sent += 1
         try:
@@ -177,13 +206,17 @@ async def _teltonika(dev: Device, book: FrameBook, stats: ProtocolStats, clock: 
             lat.append(now - sent_at)
 
 
-async def _gt06(dev: Device, book: FrameBook, stats: ProtocolStats, clock: Clock, window: int) -> None:
+async def _gt06(dev: Device, book: FrameBook, stats: ProtocolStats, clock: Clock, window: int, rate: float) -> None:
     reader, writer = dev.reader, dev.writer
     k = dev.spec.offset
     lat = stats.latencies
     monotonic = time.monotonic
+    pace = Pace(clock, window / rate if rate else 0.0, _phase(dev.spec.imei))
     await asyncio.sleep(max(0.0, clock.start - monotonic()))
-    while (sent_at := monotonic()) < clock.end:
+    while True:
+        await pace.wait()
+        if (sent_at := monotonic()) >= clock.end:
+            break
         writer.write(b"".join(book.get(k + j) for j in range(window)))
         stats.frames_sent += window
         expected = window * GT06_ACK_SIZE
@@ -229,6 +262,7 @@ async def run_devices(specs: list[SimDevice], ports: dict[str, int], options: di
     start = datetime.fromisoformat(options["track_start"])
     books = {p: FrameBook(p, start, options["batch"]) for p in PROTOCOLS}
     window = options["window"]
+    rate = options.get("rate_per_connection", 0.0)  # positions/s per connection; 0: as fast as ACKed
     # Encode ahead what the devices are likely to need, so the run itself rarely encodes.
     for spec in specs:
         book = books[spec.protocol]
@@ -246,9 +280,9 @@ async def run_devices(specs: list[SimDevice], ports: dict[str, int], options: di
     for dev in devices:
         st, book = stats[dev.spec.protocol], books[dev.spec.protocol]
         if dev.spec.protocol == TELTONIKA:
-            tasks.append(asyncio.create_task(_teltonika(dev, book, st, clock)))
+            tasks.append(asyncio.create_task(_teltonika(dev, book, st, clock, rate)))
         else:
-            tasks.append(asyncio.create_task(_gt06(dev, book, st, clock, window)))
+            tasks.append(asyncio.create_task(_gt06(dev, book, st, clock, window, rate)))
     # Every frame sent before the end is waited for (so ACKed == stored can be checked),
     # but not forever.
     drain_s = options["drain_s"]

@@ -23,6 +23,23 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def tree_memory_kib(root: int) -> dict[str, int]:
+    """``memory_kib`` summed over ``root`` and its children (`avl ingest` and its worker processes)."""
+    total = memory_kib(root)
+    for pid in children(root):
+        for key, value in memory_kib(pid).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def children(root: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None and st[0] == root:
+            found.append(int(entry.name))
+    return found
+
+
 def _stat(pid: int) -> tuple[int, list[int]] | None:
     """(ppid, [utime, stime, cutime, cstime]) in ticks."""
     try:
@@ -46,14 +63,7 @@ def cpu_seconds(pid: int, *, with_reaped_children: bool = False) -> float:
 def tree_cpu_seconds(root: int) -> float:
     """CPU time of ``root``, of its live children, and of its children that have exited
     (PostgreSQL: the postmaster, its backends and background processes)."""
-    total = cpu_seconds(root, with_reaped_children=True)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        st = _stat(int(entry.name))
-        if st is not None and st[0] == root:
-            total += (st[1][0] + st[1][1]) / _TICK
-    return total
+    return cpu_seconds(root, with_reaped_children=True) + sum(cpu_seconds(pid) for pid in children(root))
 
 
 @dataclass

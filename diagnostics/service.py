@@ -24,7 +24,7 @@ from avl.observability import serve_metrics
 from diagnostics import checklist, metrics, outbox, tickets
 from diagnostics.context import Context, DiagnoseError, RateLimiter
 from diagnostics.smpp import SmppLink
-from diagnostics.sweep import quality_candidates, sweep
+from diagnostics.sweep import Sweeper, quality_candidates
 
 log = logging.getLogger("avl.diagnostics")
 
@@ -44,6 +44,7 @@ class Worker:
         self.slots = asyncio.Semaphore(settings.diagnostics_concurrency)
         self.in_progress: set[int] = set()
         self.sweeping = False
+        self.sweeper = Sweeper()  # the fleet's expected cadences, kept between sweeps
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -82,8 +83,9 @@ class Worker:
     async def sweep_once(self) -> None:
         s = self.settings
         async with self.context() as ctx:
-            result = await sweep(ctx.conn, silent_factor=s.silent_after_intervals, storm_share=s.storm_share,
-                                 storm_min=s.storm_min_devices, parked_interval_s=s.parked_interval_s)
+            result = await self.sweeper.sweep(ctx.conn, silent_factor=s.silent_after_intervals,
+                                              storm_share=s.storm_share, storm_min=s.storm_min_devices,
+                                              parked_interval_s=s.parked_interval_s)
             log.info("sweep: %s devices, %s active, %s silent (%s newly) in %.3f s", result.devices, result.active,
                      len(result.silent), result.newly_silent, result.seconds)
             metrics.SWEEP_SECONDS.observe(result.seconds)

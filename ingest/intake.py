@@ -25,9 +25,9 @@ import hashlib
 import hmac
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from avl.records import Position
@@ -44,6 +44,22 @@ VERIFIED = "_password_verified"  # the device whose password this connection has
 UNKNOWN_RAW_MAX = 512  # bytes of an unknown device's frame kept (the console shows as much)
 SIGHTINGS_BACKLOG = 1000  # sightings waiting for the writer; beyond it new ones are dropped
 SIGHTED_MAX = 100_000  # identifiers remembered as recorded (their repeats are not "new")
+
+
+class ArrivalClock:
+    """What decoders read as ``Session.now`` while intake decodes a frame: the frame's arrival
+    time, the same at every call. A report whose fix time is exactly that time had none of its own
+    (an H02 report with an empty time field, an OsmAnd request without ``timestamp``, a command
+    result, a heartbeat): intake tells its resend from a new report by the frame's bytes."""
+
+    __slots__ = ("source", "at")
+
+    def __init__(self, source: Callable[[], datetime]) -> None:
+        self.source = source  # the session's own clock (tests may pin it)
+        self.at = source()
+
+    def __call__(self) -> datetime:
+        return self.at
 
 
 @dataclass(slots=True)
@@ -78,8 +94,10 @@ class Pending:
 
 class Intake:
     def __init__(self, writer: Writer, directory: DeviceDirectory, retention_days: int, *,
-                 max_speed_kmh: float = 1000.0, unknown_per_source_per_minute: int = 30) -> None:
+                 max_speed_kmh: float = 1000.0, unknown_per_source_per_minute: int = 30,
+                 duplicate_window_s: float = 300.0) -> None:
         self.writer = writer
+        self.duplicate_window_s = duplicate_window_s
         self.directory = directory
         self.retention_days = retention_days
         self.jumps = JumpCheck(max_speed_kmh) if max_speed_kmh > 0 else None
@@ -102,6 +120,12 @@ class Intake:
     async def frame(self, protocol: Protocol, session: Session, frame: bytes) -> Pending:
         """Decodes ``frame`` and queues its records. Never raises for bad input."""
         metrics.frames(protocol.name, session.transport).inc()
+        clock = session.now
+        if isinstance(clock, ArrivalClock):
+            clock.at = clock.source()
+        else:
+            clock = session.now = ArrivalClock(clock)
+        arrival = clock.at
         binds = session.transport != "udp"
         earlier = session.device
         if earlier is not None:  # the device's options as they are now (a change applies from its next frame)
@@ -148,15 +172,21 @@ class Intake:
         for p in result.positions[1:]:
             if p.raw is raw:
                 p.raw = b""
-        received_at = datetime.now(UTC)
+        received_at = arrival
         oldest = oldest_accepted(self.retention_days)
         batch = Batch()
         unknown: set[str] = set()
         known: list[tuple[Position, int]] = []
         counts: dict[str, int] = {}
+        device, device_id = None, None
         # UDP datagrams each carry their own identity and a source address is reused by other
         # devices (carrier NAT), so only connections (TCP, HTTP, MQTT topics) are bound.
         for p in result.positions:
+            if p.device == device:  # the same device as the record before (most frames: one device)
+                if device_id is not None:
+                    known.append((p, device_id))
+                continue
+            device = p.device
             if not binds:
                 pass
             elif bound is None:
@@ -182,8 +212,14 @@ class Intake:
                 self._background(self._record(Batch(unknown=sightings)))
             metrics.UNKNOWN_FRAMES.labels(protocol.name).inc()
             return Pending(reply=None, refused=f"unknown device {', '.join(sorted(unknown))}")
-        for p, device_id in known:
-            kind, _, note = route(p, device_id, received_at, oldest, batch, self.jumps).partition(":")
+        for index, (p, device_id) in enumerate(known):
+            digest = None
+            if p.fix_time == arrival:  # the decoder's clock: the report has no time of its own
+                if index:  # records of one frame: a microsecond apart, so they are not one another's resend
+                    p.fix_time = arrival + timedelta(microseconds=index)
+                if self.duplicate_window_s > 0:
+                    digest = hashlib.blake2b(index.to_bytes(4, "big") + frame, digest_size=16).digest()
+            kind, _, note = route(p, device_id, received_at, oldest, batch, self.jumps, digest).partition(":")
             counts[kind] = counts.get(kind, 0) + 1
             if kind == "quarantine":
                 metrics.quarantined(protocol.name, note).inc()

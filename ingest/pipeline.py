@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 
 from avl.records import Position
@@ -36,6 +37,7 @@ BUFFERED_AFTER = timedelta(minutes=5)
 FUTURE_LIMIT = timedelta(days=1)
 
 EARTH_RADIUS_M = 6_371_008.8
+_M_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180
 # A jump must exceed this on top of what the speed allows: GPS error and cell-based fixes
 # put consecutive reports of a parked vehicle hundreds of metres apart.
 JUMP_TOLERANCE_M = 1000.0
@@ -43,25 +45,37 @@ JUMP_TOLERANCE_M = 1000.0
 _INT2 = 32767
 _INT4 = 2_147_483_647
 _INT8 = 9_223_372_036_854_775_807
+# As the standard library did before orjson: datetimes and dataclasses become their str(), via _clean.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 @dataclass(slots=True)
 class Batch:
-    """Rows for one write. Tuples are in the column order of the writer's COPY/INSERTs."""
+    """Rows for one write. Tuples are in the column order of the writer's COPY/INSERTs.
+
+    ``untimed``: rows of reports that have no time of their own (the decoder gave them the frame's
+    arrival time), each as ``(table, row, frame digest)`` with ``table`` one of "position", "event",
+    "quarantine". A device that resends such a frame (it got no ACK) would otherwise store it again
+    under a new arrival time; the writer gives each the time of its frame's first arrival within
+    ``AVL_DUPLICATE_WINDOW_S`` (table ``recent_frames``), so the unique keys absorb the resend.
+    """
 
     positions: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     quarantine: list[tuple[Any, ...]] = field(default_factory=list)
     unknown: list[tuple[Any, ...]] = field(default_factory=list)
+    untimed: list[tuple[str, tuple[Any, ...], bytes]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.positions) + len(self.events) + len(self.quarantine) + len(self.unknown)
+        return (len(self.positions) + len(self.events) + len(self.quarantine) + len(self.unknown)
+                + len(self.untimed))
 
     def extend(self, other: Batch) -> None:
         self.positions.extend(other.positions)
         self.events.extend(other.events)
         self.quarantine.extend(other.quarantine)
         self.unknown.extend(other.unknown)
+        self.untimed.extend(other.untimed)
 
 
 def _clean(value: Any) -> Any:
@@ -82,10 +96,20 @@ def _clean(value: Any) -> Any:
 
 
 def attributes_json(attributes: dict[str, Any]) -> str:
+    """JSON text for a jsonb column (orjson, compiled: this runs once per report). What orjson cannot
+    take (bytes, big integers, non-string keys, datetimes...) or jsonb would refuse (NUL characters)
+    goes through ``_clean`` first; NaN and infinities become null either way."""
     try:
-        return json.dumps(attributes, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
+        text = orjson.dumps(attributes, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError
         return json.dumps(_clean(attributes), allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    if "\\u0000" in text:
+        return json.dumps(_clean(attributes), allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+def _fits(value: int | None, limit: int) -> bool:
+    return value is None or -limit - 1 <= value <= limit
 
 
 def _bounded(value: int | None, limit: int, name: str, attributes: dict[str, Any]) -> tuple[int | None, bool]:
@@ -213,14 +237,18 @@ class JumpCheck:
     def _implausible(self, fixes: list[Fix], fix: Fix) -> dict[str, Any] | None:
         """Why ``fix`` cannot follow or precede its neighbours in fix time among ``fixes``, or None."""
         t, lat, lon = fix
-        after = bisect.bisect_left(fixes, t, key=_fix_time)
+        after = len(fixes) if t > fixes[-1][0] else bisect.bisect_left(fixes, t, key=_fix_time)
         for i in (after - 1, after):
             if not 0 <= i < len(fixes):
                 continue
             t0, lat0, lon0 = fixes[i]
             gap_s = abs(t - t0)
+            allowed_m = self.tolerance_m + self.max_speed_mps * gap_s
+            # Along the meridian, then along the parallel: never shorter than the great circle, and cheap.
+            if (abs(lat - lat0) + abs(lon - lon0)) * _M_PER_DEGREE <= allowed_m:
+                continue
             moved_m = distance_m(lat0, lon0, lat, lon)
-            if moved_m > self.tolerance_m + self.max_speed_mps * gap_s:
+            if moved_m > allowed_m:
                 return {"speed_kmh": round(moved_m / gap_s * 3.6, 1) if gap_s else None,
                         "distance_m": round(moved_m), "gap_s": gap_s,
                         "from": {"fix_time": datetime.fromtimestamp(t0, UTC).isoformat(),
@@ -247,7 +275,10 @@ class JumpCheck:
 
 def _keep(fixes: list[Fix], fix: Fix, keep: int) -> None:
     """Adds ``fix`` in fix-time order, keeping the latest ``keep``."""
-    bisect.insort(fixes, fix, key=_fix_time)
+    if not fixes or fixes[-1][0] < fix[0]:
+        fixes.append(fix)  # the usual case: the newest report
+    else:
+        bisect.insort(fixes, fix, key=_fix_time)
     if len(fixes) > keep:
         del fixes[0]
 
@@ -257,62 +288,76 @@ def _fix_time(fix: Fix) -> float:
 
 
 def route(p: Position, device_id: int, received_at: datetime, oldest: datetime, batch: Batch,
-          jumps: JumpCheck | None = None) -> str:
+          jumps: JumpCheck | None = None, frame_digest: bytes | None = None) -> str:
     """Adds ``p`` to ``batch`` as a position, a status event or a quarantined record.
+
+    ``frame_digest``: ``p`` has no time of its own (its fix time is its arrival time) and this
+    identifies the frame (and the record in it) that carried it; the row goes to ``batch.untimed``,
+    where the writer recognises a resend of the same frame (see ``Batch``).
 
     Returns where it went: "position", "position:reanchored" (the jump check now trusts the run of
     reports it completes; see ``JumpCheck``), "event" or "quarantine:<reason>".
     """
-    attributes = dict(p.attributes)
-    if not p.located:
-        kind = "alarm" if p.alarm else "status"
-        power, _ = _bounded(p.power_mv, _INT4, "power_mv", attributes)
-        battery, _ = _bounded(p.battery_mv, _INT4, "battery_mv", attributes)
-        batch.events.append((device_id, p.fix_time, received_at, kind, _text(p.alarm), p.ignition, power, battery,
-                             attributes_json(attributes), p.raw or None))
-        return "event"
+    attributes = p.attributes  # copied only when a value out of its column's range moves into it
     lat, lon = p.latitude, p.longitude
-    assert lat is not None and lon is not None
+    if lat is None or lon is None:
+        power, battery = p.power_mv, p.battery_mv
+        if not (_fits(power, _INT4) and _fits(battery, _INT4)):
+            attributes = dict(attributes)
+            power, _ = _bounded(power, _INT4, "power_mv", attributes)
+            battery, _ = _bounded(battery, _INT4, "battery_mv", attributes)
+        _add(batch, batch.events, "event", frame_digest,
+             (device_id, p.fix_time, received_at, "alarm" if p.alarm else "status", _text(p.alarm), p.ignition,
+              power, battery, attributes_json(attributes), p.raw or None))
+        return "event"
+    fix_time = p.fix_time
     reason = None
     jump = None
-    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # NaN and infinities fail these too
         reason = "coordinates"
-    elif p.fix_time > received_at + FUTURE_LIMIT:
+    elif fix_time > received_at + FUTURE_LIMIT:
         reason = "future"
-    elif p.fix_time < oldest:
+    elif fix_time < oldest:
         reason = "too_old"
-    elif jumps is not None and (jump := jumps.assess(device_id, p.fix_time, lat, lon, p.valid, p.device)) is not None:
+    elif jumps is not None and (jump := jumps.assess(device_id, fix_time, lat, lon, p.valid, p.device)) is not None:
         reason = None if jump.trusted else "implausible_jump"
     if reason is not None:
         record = {"protocol": p.protocol, "valid": p.valid, "speed_kmh": _finite(p.speed_kmh), "course": _finite(p.course),
                   "satellites": p.satellites, "ignition": p.ignition, "alarm": p.alarm, "attributes": attributes}
         if jump is not None:
             record["jump"] = jump.record
-        batch.quarantine.append((device_id, p.fix_time, received_at, reason,
-                                 lat if math.isfinite(lat) else None, lon if math.isfinite(lon) else None,
-                                 attributes_json(record), p.raw or None))
+        _add(batch, batch.quarantine, "quarantine", frame_digest,
+             (device_id, fix_time, received_at, reason, lat if math.isfinite(lat) else None,
+              lon if math.isfinite(lon) else None, attributes_json(record), p.raw or None))
         return f"quarantine:{reason}"
-    flags = 0
-    if not p.valid:
-        flags |= FLAG_INVALID_FIX
+    flags = 0 if p.valid else FLAG_INVALID_FIX
     if attributes.get("crcMismatch"):
         flags |= FLAG_CRC_MISMATCH
     if lat == 0 and lon == 0:
         flags |= FLAG_NULL_ISLAND
-    if received_at - p.fix_time > BUFFERED_AFTER:
+    if received_at - fix_time > BUFFERED_AFTER:
         flags |= FLAG_BUFFERED
-    satellites, d1 = _bounded(p.satellites, _INT2, "satellites", attributes)
-    power, d2 = _bounded(p.power_mv, _INT4, "power_mv", attributes)
-    battery, d3 = _bounded(p.battery_mv, _INT4, "battery_mv", attributes)
-    odometer, d4 = _bounded(p.odometer_m, _INT8, "odometer_m", attributes)
-    if d1 or d2 or d3 or d4:
+    satellites, power, battery, odometer = p.satellites, p.power_mv, p.battery_mv, p.odometer_m
+    if not (_fits(satellites, _INT2) and _fits(power, _INT4) and _fits(battery, _INT4) and _fits(odometer, _INT8)):
+        attributes = dict(attributes)
+        satellites, _ = _bounded(satellites, _INT2, "satellites", attributes)
+        power, _ = _bounded(power, _INT4, "power_mv", attributes)
+        battery, _ = _bounded(battery, _INT4, "battery_mv", attributes)
+        odometer, _ = _bounded(odometer, _INT8, "odometer_m", attributes)
         flags |= FLAG_VALUE_DROPPED
-    batch.positions.append((
-        device_id, p.fix_time, received_at, p.valid, lat, lon, _finite(p.speed_kmh), _finite(p.course),
+    _add(batch, batch.positions, "position", frame_digest, (
+        device_id, fix_time, received_at, p.valid, lat, lon, _finite(p.speed_kmh), _finite(p.course),
         _finite(p.altitude_m), satellites, _finite(p.hdop), p.ignition, power, battery, odometer, _text(p.alarm),
         flags, p.protocol, attributes_json(attributes), p.raw or None,
     ))
     return "position:reanchored" if jump is not None else "position"
+
+
+def _add(batch: Batch, rows: list[tuple[Any, ...]], table: str, frame_digest: bytes | None, row: tuple[Any, ...]) -> None:
+    if frame_digest is None:
+        rows.append(row)
+    else:
+        batch.untimed.append((table, row, frame_digest))
 
 
 # Keys of ``devices.options`` that are not a decoder's: diagnostics' SMS command password. Migration

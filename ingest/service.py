@@ -8,6 +8,8 @@ import asyncio
 import logging
 import os
 import socket
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -21,19 +23,35 @@ from ingest.intake import Intake
 from ingest.pipeline import DeviceDirectory
 from ingest.protocols import get
 from ingest.spool import Spool
-from ingest.transports.mqtt import MqttInput
-from ingest.transports.tcp import TcpListener
+from ingest.transports.mqtt import MqttInput, subscriber
+from ingest.transports.tcp import SourceSlots, TcpListener
 from ingest.transports.udp import UdpListener
 from ingest.writer import Writer
 
 log = logging.getLogger("avl.ingest")
 
 
+# The writer thread waits for the interpreter lock after each database round trip while the event
+# loop decodes; with the default 5 ms switch interval a 5,000-row batch (dozens of round trips and
+# COPY chunks) took 2-3 times as long as alone. At 0.5 ms it takes about as long as alone.
+SWITCH_INTERVAL_S = 0.0005
+
+
 @dataclass
 class IngestService:
+    """One ingest process. ``spool_name``, ``upkeep``, ``slots`` and ``before_listening`` are what
+    the workers of ``ingest.processes`` set: their own spool, the upkeep in one of them, connections
+    per source counted together, no listening before every spool is replayed. Each writes its own heartbeat (instance ``host:pid``)."""
+
     settings: Settings
     database_url: str
     mqtt_url: str | None = None
+    spool_name: str = "spool"
+    upkeep: bool = True
+    slots: SourceSlots | None = None
+    # Awaited between the writer's start and the listeners' (ingest.processes: every process's spool first).
+    before_listening: Callable[[Writer], Awaitable[None]] | None = None
+    process: tuple[int, int] = (0, 1)  # this process (0-based) of how many: see ingest.transports.mqtt.subscriber
     writer: Writer | None = None
     intake: Intake | None = None
     tcp: dict[str, TcpListener] = field(default_factory=dict)
@@ -43,9 +61,10 @@ class IngestService:
 
     async def start(self) -> None:
         s = self.settings
-        spool = Spool(s.data_dir / "spool")
+        spool = Spool(s.data_dir / "spool", name=self.spool_name)
         self.writer = Writer(self.database_url, spool, batch_max_rows=s.batch_max_rows, batch_max_ms=s.batch_max_ms,
-                             queue_max_rows=s.queue_max_rows, retention_days=s.retention_days)
+                             queue_max_rows=s.queue_max_rows, retention_days=s.retention_days,
+                             duplicate_window_s=s.duplicate_window_s)
         directory = DeviceDirectory(self.database_url)
         try:
             await directory.load()
@@ -53,13 +72,16 @@ class IngestService:
             log.warning("device directory not loaded (%s); devices are looked up as they connect", first_line(exc))
         await self.writer.start()
         self.intake = Intake(self.writer, directory, s.retention_days, max_speed_kmh=s.jump_max_speed_kmh,
-                             unknown_per_source_per_minute=s.unknown_per_source_per_minute)
+                             unknown_per_source_per_minute=s.unknown_per_source_per_minute,
+                             duplicate_window_s=s.duplicate_window_s)
         if self.intake.jumps is not None:
             try:
                 await self.intake.jumps.load(self.database_url)
             except psycopg.Error as exc:
                 log.warning("latest positions not loaded for the jump check (%s); it starts from the next reports",
                             first_line(exc))
+        if self.before_listening is not None:
+            await self.before_listening(self.writer)
         try:
             for name in s.protocols:
                 port = s.port_for(name)
@@ -72,7 +94,7 @@ class IngestService:
                     listener = TcpListener(protocol, self.intake, s.ingest_host, port, transport=stream,
                                            idle_timeout_s=s.idle_timeout_s, max_frame=s.max_frame_bytes,
                                            max_per_source=s.max_connections_per_source,
-                                           proxy_protocol=s.proxy_protocol, allow=allow)
+                                           proxy_protocol=s.proxy_protocol, allow=allow, slots=self.slots)
                     await listener.start()
                     self.tcp[name] = listener
                 if s.udp and "udp" in protocol.transports:
@@ -84,28 +106,41 @@ class IngestService:
             await self.close()
             raise ConfigError(f"AVL_PORTS: cannot listen for {name} on {s.ingest_host}:{port} ({exc.strerror})") from None
         if self.mqtt_url:
-            self.mqtt = MqttInput(self.mqtt_url, self.intake, group=s.mqtt_group, client_id=s.mqtt_client_id)
-            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="avl-mqtt"))
+            if (sub := subscriber(s.mqtt_group, s.mqtt_client_id, *self.process)) is not None:
+                self.mqtt = MqttInput(self.mqtt_url, self.intake, group=sub[0], client_id=sub[1])
+                self._tasks.append(asyncio.create_task(self.mqtt.run(), name="avl-mqtt"))
         self._tasks.append(asyncio.create_task(directory.refresh_forever(), name="avl-directory"))
-        self._tasks.append(asyncio.create_task(self._upkeep(), name="avl-upkeep"))
+        if self.upkeep:
+            self._tasks.append(asyncio.create_task(self._upkeep(), name="avl-upkeep"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="avl-heartbeat"))
         listening = [f"{n} {'/'.join(x for x, d in (('tcp', self.tcp), ('udp', self.udp)) if n in d)}"
                      f" :{(self.tcp.get(n) or self.udp[n]).port}" for n in sorted(set(self.tcp) | set(self.udp))]
         log.info("ingest listening: %s%s", ", ".join(listening), f"; MQTT {self.mqtt.subscription}" if self.mqtt else "")
 
-    async def _upkeep(self) -> None:
-        """Expired unknown-device sightings at start, then hourly with partitions ahead and
-        retention (TimescaleDB runs its own jobs for those)."""
+    async def _upkeep(self, every_s: float = 60.0) -> None:
+        """Every minute the frames past the resend window (``recent_frames``); at start and then
+        hourly expired unknown-device sightings, partitions ahead and retention (TimescaleDB runs
+        its own jobs for those two)."""
+        minutes = 0
         while True:
-            try:
-                await asyncio.to_thread(self._expire_sightings)
-            except (psycopg.Error, ConfigError) as exc:
-                log.warning("unknown-device sightings not expired: %s", first_line(exc))
-            await asyncio.sleep(3600)
-            try:
-                await asyncio.to_thread(self._apply_policies)
-            except (psycopg.Error, ConfigError) as exc:
-                log.warning("partition upkeep failed: %s", exc)
+            jobs: list[tuple[Callable[[], None], str]] = [(self._expire_frames, "resend window")]
+            if minutes % 60 == 0:
+                jobs.append((self._expire_sightings, "unknown-device sightings"))
+                if minutes:
+                    jobs.append((self._apply_policies, "partitions"))
+            for job, what in jobs:
+                try:
+                    await asyncio.to_thread(job)
+                except (psycopg.Error, ConfigError) as exc:
+                    log.warning("upkeep (%s) failed: %s", what, first_line(exc))
+            await asyncio.sleep(every_s)
+            minutes += 1
+
+    def _expire_frames(self) -> None:
+        with connect(self.database_url) as conn:
+            conn.execute("DELETE FROM recent_frames WHERE first_at < now() - make_interval(secs => %s)",
+                         (self.settings.duplicate_window_s,))
+            conn.commit()
 
     def _expire_sightings(self) -> None:
         with connect(self.database_url) as conn:
@@ -160,11 +195,24 @@ class IngestService:
             self.writer.spool.close()
 
 
-async def run(settings: Settings, database_url: str, mqtt_url: str | None) -> None:
-    """Runs until cancelled; then stops listening, drains the writer, and returns."""
+async def run(settings: Settings, database_url: str, mqtt_url: str | None, processes: int = 1,
+              ready: asyncio.Event | None = None) -> None:
+    """Runs until cancelled; then stops listening, drains the writer, and returns.
+
+    ``processes``: 1, in this process (``avl serve``); more, or 0 for one per usable CPU, in that many
+    worker processes on the shared ports (``avl ingest``, setting ``AVL_INGEST_PROCESSES``; see
+    ``ingest.processes``). ``ready`` is set once every process listens."""
+    from ingest.processes import process_count, run_processes
+
+    if (count := process_count(processes)) > 1:
+        await run_processes(settings, database_url, mqtt_url, count, ready)
+        return
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     serve_metrics(settings)
     service = IngestService(settings, database_url, mqtt_url)
     await service.start()
+    if ready is not None:
+        ready.set()
     try:
         await asyncio.Event().wait()
     finally:

@@ -46,22 +46,30 @@ def _decode_value(v: Any) -> Any:
 
 def encode(batch: Batch) -> bytes:
     """Rows hold only None/bool/int/float/str/bytes/datetime: marshal takes them all but datetime."""
-    parts = tuple(tuple(tuple(_encode_value(v) for v in row) for row in rows)
-                  for rows in (batch.positions, batch.events, batch.quarantine, batch.unknown))
+    parts: tuple[Any, ...] = tuple(tuple(tuple(_encode_value(v) for v in row) for row in rows)
+                                   for rows in (batch.positions, batch.events, batch.quarantine, batch.unknown))
+    if batch.untimed:
+        parts += (tuple((table, tuple(_encode_value(v) for v in row), digest) for table, row, digest in batch.untimed),)
     return marshal.dumps(parts)
 
 
 def decode(payload: bytes) -> Batch:
     parts = marshal.loads(payload)  # our own CRC-checked file
-    positions, events, quarantine, unknown = ([tuple(_decode_value(v) for v in row) for row in rows] for rows in parts)
-    return Batch(positions, events, quarantine, unknown)
+    positions, events, quarantine, unknown = ([tuple(_decode_value(v) for v in row) for row in rows]
+                                              for rows in parts[:4])
+    untimed = [(table, tuple(_decode_value(v) for v in row), digest) for table, row, digest in parts[4]] \
+        if len(parts) > 4 else []
+    return Batch(positions, events, quarantine, unknown, untimed)
 
 
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int = 1 << 34) -> None:
+    """``<name>.log`` and ``<name>.offset`` in ``directory``: each ingest process of a host has its own
+    (``spool`` for the first, ``spool-<n>`` for the others; see ``ingest.processes``)."""
+
+    def __init__(self, directory: Path, max_bytes: int = 1 << 34, name: str = "spool") -> None:
         self.directory = directory
-        self.path = directory / "spool.log"
-        self.offset_path = directory / "spool.offset"
+        self.path = directory / f"{name}.log"
+        self.offset_path = directory / f"{name}.offset"
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
         # Unbuffered, at the descriptor: a failed write (disk full) must leave nothing behind in a
@@ -124,6 +132,19 @@ class Spool:
 
     def close(self) -> None:
         os.close(self._fd)
+
+    def absorb(self, other: Spool) -> int:
+        """Takes over what ``other`` (the spool of an ingest process that no longer runs) has not
+        replayed: its records are appended here (fsynced), then ``other`` is emptied. A crash in
+        between leaves them in both and they are replayed twice, which stores them once. Returns
+        how many records were taken."""
+        offset, taken = other.read_offset, 0
+        while (record := other.peek(offset)) is not None:
+            payload, offset = record
+            self.append(payload)
+            taken += 1
+        other.advance(offset)
+        return taken
 
     # Recovery -------------------------------------------------------------------
 

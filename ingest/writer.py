@@ -21,9 +21,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg import postgres, pq
+from psycopg.adapt import Dumper
 
 from avl.db import first_line
 from ingest import metrics
@@ -35,30 +37,44 @@ log = logging.getLogger("avl.ingest.writer")
 POSITION_COLUMNS = ("device_id", "fix_time", "received_at", "valid", "latitude", "longitude", "speed_kmh", "course",
                     "altitude_m", "satellites", "hdop", "ignition", "power_mv", "battery_mv", "odometer_m", "alarm",
                     "flags", "protocol", "attributes", "raw")
-# attributes arrive as JSON text (the pipeline serialises them once) and become jsonb in SQL_INSERT.
+# attributes arrive as JSON text (the pipeline serialises them once) and are sent to the jsonb column as they
+# are (``_JsonTextDumper``); the names are those of the binary COPY.
 POSITION_TYPES = ("int8", "timestamptz", "timestamptz", "bool", "float8", "float8", "float4", "float4", "float4",
-                  "int2", "float4", "bool", "int4", "int4", "int8", "text", "int4", "text", "text", "bytea")
+                  "int2", "float4", "bool", "int4", "int4", "int8", "text", "int4", "text", "jsonb", "bytea")
 _COLS = ", ".join(POSITION_COLUMNS)
 _LATEST_COLS = [c for c in POSITION_COLUMNS if c not in ("protocol", "raw")]
-_LATEST_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in _LATEST_COLS if c != "device_id")
+# staging_latest's: the latest columns, then last_received_at
+_LATEST_TYPES = (*(t for c, t in zip(POSITION_COLUMNS, POSITION_TYPES, strict=True) if c in _LATEST_COLS), "timestamptz")
+_LATEST = ", ".join(_LATEST_COLS)
 
-_STAGED = ", ".join("attributes::text AS attributes" if c == "attributes" else c for c in POSITION_COLUMNS)
-_FROM_STAGE = ", ".join("attributes::jsonb" if c == "attributes" else c for c in POSITION_COLUMNS)
-SQL_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS staging_positions AS SELECT {_STAGED} FROM positions WITH NO DATA"
-SQL_INSERT = f"INSERT INTO positions ({_COLS}) SELECT {_FROM_STAGE} FROM staging_positions ON CONFLICT DO NOTHING"
+# Per connection; emptied by every commit (cheaper than a TRUNCATE statement: no new file).
+SQL_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS staging_positions ON COMMIT DELETE ROWS AS SELECT {_COLS}"
+             " FROM positions WITH NO DATA")
+SQL_STAGE_LATEST = (f"CREATE TEMP TABLE IF NOT EXISTS staging_latest ON COMMIT DELETE ROWS AS SELECT {_LATEST},"
+                    " last_received_at FROM latest_positions WITH NO DATA")
+SQL_COPY = f"COPY positions ({_COLS}) FROM STDIN (FORMAT BINARY)"
+SQL_COPY_STAGED = f"COPY staging_positions ({_COLS}) FROM STDIN (FORMAT BINARY)"
+SQL_COPY_LATEST = f"COPY staging_latest ({_LATEST}, last_received_at) FROM STDIN (FORMAT BINARY)"
+SQL_INSERT = f"INSERT INTO positions ({_COLS}) SELECT {_COLS} FROM staging_positions ON CONFLICT DO NOTHING"
+# Each device's newest row of the batch and its newest arrival (picked in memory): the latest
+# position only moves forward, and any arrival counts as "heard from", even a buffered report older
+# than the latest fix.
 SQL_LATEST = (
-    f"INSERT INTO latest_positions ({', '.join(_LATEST_COLS)}, last_received_at)"
-    f" SELECT DISTINCT ON (device_id) {', '.join('attributes::jsonb' if c == 'attributes' else c for c in _LATEST_COLS)},"
-    " received_at FROM staging_positions"
-    " ORDER BY device_id, fix_time DESC"
-    f" ON CONFLICT (device_id) DO UPDATE SET {_LATEST_SET}"
-    " WHERE EXCLUDED.fix_time > latest_positions.fix_time"
+    f"INSERT INTO latest_positions AS l ({_LATEST}, last_received_at) SELECT {_LATEST}, last_received_at"
+    " FROM staging_latest ON CONFLICT (device_id) DO UPDATE SET "
+    + ", ".join(f"{c} = CASE WHEN EXCLUDED.fix_time > l.fix_time THEN EXCLUDED.{c} ELSE l.{c} END"
+                for c in _LATEST_COLS if c != "device_id")
+    + ", last_received_at = greatest(l.last_received_at, EXCLUDED.last_received_at)"
+    " WHERE EXCLUDED.fix_time > l.fix_time OR EXCLUDED.last_received_at > l.last_received_at"
 )
-# Any arrival counts as "heard from", even a buffered report older than the latest fix.
-SQL_HEARD = (
-    "UPDATE latest_positions l SET last_received_at = s.received_at"
-    " FROM (SELECT device_id, max(received_at) AS received_at FROM staging_positions GROUP BY device_id) s"
-    " WHERE l.device_id = s.device_id AND l.last_received_at < s.received_at"
+SQL_NEWEST = "SELECT device_id, fix_time FROM latest_positions WHERE device_id = ANY(%s)"
+# Reports without a time of their own: the first arrival of each frame within the window (see Batch).
+SQL_FIRST_ARRIVALS = (
+    "INSERT INTO recent_frames AS r (device_id, digest, first_at)"
+    " SELECT * FROM unnest(%s::int8[], %s::bytea[], %s::timestamptz[])"
+    " ON CONFLICT (device_id, digest) DO UPDATE SET first_at = CASE"
+    " WHEN r.first_at < EXCLUDED.first_at - make_interval(secs => %s) THEN EXCLUDED.first_at ELSE r.first_at END"
+    " RETURNING device_id, digest, first_at"
 )
 # A heartbeat or a status report without a fix shows the terminal is alive too.
 SQL_HEARD_EVENTS = (
@@ -101,13 +117,17 @@ class WriterStats:
     spooled_batches: int = 0
     replayed_batches: int = 0
     refused_batches: int = 0
+    direct_rows: int = 0  # positions copied straight into positions (they could not conflict)
+    staged_rows: int = 0  # positions through the staging table and INSERT ... ON CONFLICT DO NOTHING
     latencies: list[float] = field(default_factory=list)
 
 
 class Writer:
     def __init__(self, database_url: str, spool: Spool, *, batch_max_rows: int = 5000, batch_max_ms: float = 10.0,
-                 queue_max_rows: int = 50_000, retention_days: int = 400, retry_s: float = 1.0) -> None:
+                 queue_max_rows: int = 50_000, retention_days: int = 400, retry_s: float = 1.0,
+                 duplicate_window_s: float = 300.0) -> None:
         self.database_url = database_url
+        self.duplicate_window_s = duplicate_window_s
         self.spool = spool
         self.batch_max_rows = batch_max_rows
         self.batch_max_s = batch_max_ms / 1000
@@ -118,6 +138,10 @@ class Writer:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._queued_rows = 0
         self._room = asyncio.Condition()
+        self._waiting = 0  # submitters waiting for room: newcomers queue behind them
+        # Per device, a fix time no later than its newest stored position (from this writer's commits):
+        # a row newer than it cannot conflict, so it is copied straight into positions (see _write_sync).
+        self._newest: dict[int, datetime] = {}
         self._conn: psycopg.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avl-writer-db")
         self._partitions: set[date] = set()
@@ -132,11 +156,17 @@ class Writer:
         """Queues ``batch`` (waiting for room: that is the backpressure that stops a
         connection's reads) and returns a future that completes when it is durable."""
         rows = max(1, len(batch))
-        async with self._room:
-            while self._queued_rows > 0 and self._queued_rows + rows > self.queue_max_rows:
-                await self._room.wait()
-            self._queued_rows += rows
-        metrics.QUEUE_ROWS.set(self._queued_rows)
+        if self._waiting or (self._queued_rows > 0 and self._queued_rows + rows > self.queue_max_rows):
+            self._waiting += 1
+            try:
+                async with self._room:
+                    while self._queued_rows > 0 and self._queued_rows + rows > self.queue_max_rows:
+                        await self._room.wait()
+                    self._queued_rows += rows
+            finally:
+                self._waiting -= 1
+        else:
+            self._queued_rows += rows  # room enough, nobody waiting: no lock to take
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(batch, future))
         return future
@@ -212,10 +242,10 @@ class Writer:
                 for i in items:
                     if not i.future.done():
                         i.future.set_exception(NotDurable(f"writer failure: {type(exc).__name__}"))
+            metrics.QUEUE_ROWS.set(self._queued_rows)  # its deepest, sampled once a batch
             async with self._room:
                 self._queued_rows -= sum(max(1, len(i.batch)) for i in items)
                 self._room.notify_all()
-            metrics.QUEUE_ROWS.set(self._queued_rows)
             if self._closing and self._queue.empty():
                 return
 
@@ -353,7 +383,9 @@ class Writer:
     def _connect_sync(self) -> psycopg.Connection:
         conn = psycopg.connect(self.database_url, connect_timeout=5)
         try:
+            conn.adapters.register_dumper(None, _JsonTextDumper)  # COPY's jsonb column from JSON text
             conn.execute(SQL_STAGE)
+            conn.execute(SQL_STAGE_LATEST)
             conn.commit()
         except BaseException:
             conn.close()
@@ -371,8 +403,20 @@ class Writer:
     async def _write(self, batch: Batch) -> None:
         await self._db(self._write_sync, batch)
 
-    def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
-        days = {row[1].astimezone(UTC).date() for row in batch.positions} - self._partitions
+    def _ensure_partitions(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        first = last = rows[0][1]
+        for row in rows:
+            t = row[1]
+            if t < first:
+                first = t
+            elif t > last:
+                last = t
+        first_day, last_day = first.astimezone(UTC).date(), last.astimezone(UTC).date()
+        if (last_day - first_day).days <= 2:  # the usual case: a day or two, without looking at every row
+            days = {first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)}
+        else:
+            days = {row[1].astimezone(UTC).date() for row in rows}
+        days -= self._partitions
         if not days:
             return
         for day in sorted(days):
@@ -386,36 +430,125 @@ class Writer:
     def _write_sync(self, batch: Batch) -> None:
         conn = self._conn
         assert conn is not None
-        if batch.positions:
-            self._ensure_partitions(conn, batch)
-        with conn.transaction():
-            with conn.cursor() as cur:
-                if batch.positions:
-                    with cur.copy(f"COPY staging_positions ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(list(POSITION_TYPES))
-                        for row in batch.positions:
+        positions = batch.positions + [row for table, row, _ in batch.untimed if table == "position"]
+        if positions:
+            self._ensure_partitions(conn, positions)
+        try:
+            newest, direct, staged = self._transaction(conn, batch, direct=True)
+        except psycopg.errors.UniqueViolation:
+            # A row copied straight in was there already: stored by another ingest process (a device that
+            # reconnected there and back), or by something else. The staged path absorbs it.
+            conn.rollback()
+            for row in positions:
+                self._newest.pop(row[0], None)
+            newest, direct, staged = self._transaction(conn, batch, direct=False)
+        self._newest.update(newest)
+        self.stats.direct_rows += direct
+        self.stats.staged_rows += staged
+        if direct:
+            metrics.positions_path("direct").inc(direct)
+        if staged:
+            metrics.positions_path("staged").inc(staged)
+
+    def _transaction(self, conn: psycopg.Connection, batch: Batch, *,
+                     direct: bool) -> tuple[dict[int, datetime], int, int]:
+        """Writes ``batch`` in one transaction; returns, per device, the newest fix time now stored,
+        and how many positions went straight in and through the staging table.
+
+        Positions newer than the device's newest stored fix (``_newest``, in order within the batch)
+        cannot conflict: they are copied straight into ``positions`` (``direct``). The others (a
+        device this writer has not written yet, buffered or out-of-order data, a retransmission, every
+        replayed spool record) go through the staging table and ``INSERT ... ON CONFLICT DO NOTHING``.
+        """
+        with conn.transaction(), conn.cursor() as cur:
+            positions, events, quarantine = batch.positions, batch.events, batch.quarantine
+            if batch.untimed:
+                positions, events, quarantine = self._first_arrivals(cur, batch)
+            newest: dict[int, datetime] = {}
+            fresh: list[tuple[Any, ...]] = []
+            staged: list[tuple[Any, ...]] = []
+            if positions:
+                known = self._newest if direct else {}
+                latest: dict[int, tuple[Any, ...]] = {}
+                heard: dict[int, datetime] = {}
+                for row in positions:
+                    device, fix_time, received_at = row[0], row[1], row[2]
+                    stored = newest.get(device) or known.get(device)
+                    if stored is not None and fix_time > stored:
+                        fresh.append(row)
+                        newest[device] = fix_time
+                    else:
+                        staged.append(row)
+                    top = latest.get(device)
+                    if top is None or fix_time > top[1]:
+                        latest[device] = row
+                    if device not in heard or received_at > heard[device]:
+                        heard[device] = received_at
+                if fresh:
+                    with cur.copy(SQL_COPY) as copy:
+                        copy.set_types(POSITION_TYPES)
+                        for row in fresh:
+                            copy.write_row(row)
+                if staged:
+                    with cur.copy(SQL_COPY_STAGED) as copy:
+                        copy.set_types(POSITION_TYPES)
+                        for row in staged:
                             copy.write_row(row)
                     cur.execute(SQL_INSERT)
-                    cur.execute(SQL_LATEST)
-                    cur.execute(SQL_HEARD)
-                    cur.execute("TRUNCATE staging_positions")
-                if batch.events:
-                    cur.executemany(SQL_EVENT, batch.events)
-                    heard: dict[int, datetime] = {}
-                    for event in batch.events:
-                        if event[0] not in heard or heard[event[0]] < event[2]:
-                            heard[event[0]] = event[2]
-                    cur.execute(SQL_HEARD_EVENTS, (list(heard), list(heard.values())))
-                if batch.quarantine:
-                    cur.executemany(SQL_QUARANTINE, batch.quarantine)
-                if batch.unknown:
-                    cur.executemany(SQL_UNKNOWN, batch.unknown)
-                if batch.positions or batch.events:
-                    devices = sorted({row[0] for row in batch.positions} | {row[0] for row in batch.events})
-                    # Delivered to listeners only when (and if) this transaction commits.
-                    for start in range(0, len(devices), 500):
-                        cur.execute("SELECT pg_notify(%s, %s)",
-                                    (NOTIFY_CHANNEL, json.dumps({"devices": devices[start:start + 500]})))
+                with cur.copy(SQL_COPY_LATEST) as copy:
+                    copy.set_types(_LATEST_TYPES)
+                    for device in sorted(latest):  # one lock order for every ingest process: no deadlock
+                        row = latest[device]
+                        copy.write_row((device, *row[1:16], row[16], row[18], heard[device]))
+                cur.execute(SQL_LATEST)
+                unsure = [device for device in latest if device not in newest]
+                if unsure:  # what is stored for them now (this transaction's rows and anyone's before)
+                    cur.execute(SQL_NEWEST, (unsure,))
+                    newest.update(cur.fetchall())
+            if events:
+                cur.executemany(SQL_EVENT, events)
+                seen: dict[int, datetime] = {}
+                for event in events:
+                    if event[0] not in seen or seen[event[0]] < event[2]:
+                        seen[event[0]] = event[2]
+                cur.execute(SQL_HEARD_EVENTS, (list(seen), list(seen.values())))
+            if quarantine:
+                cur.executemany(SQL_QUARANTINE, quarantine)
+            if batch.unknown:
+                cur.executemany(SQL_UNKNOWN, batch.unknown)
+            if positions or events:
+                devices = sorted({row[0] for row in positions} | {row[0] for row in events})
+                # Delivered to listeners only when (and if) this transaction commits.
+                for start in range(0, len(devices), 500):
+                    cur.execute("SELECT pg_notify(%s, %s)",
+                                (NOTIFY_CHANNEL, json.dumps({"devices": devices[start:start + 500]})))
+        return newest, len(fresh), len(staged)
+
+    def _first_arrivals(self, cur: psycopg.Cursor[Any], batch: Batch) -> tuple[list[tuple[Any, ...]], ...]:
+        """The batch's positions, events and quarantined rows, its untimed rows among them with the
+        time of their frame's first arrival within the window (see ``Batch``)."""
+        first: dict[tuple[int, bytes], datetime] = {}
+        for _, row, digest in sorted(batch.untimed, key=lambda u: (u[1][0], u[2])):  # one lock order: no deadlock
+            first.setdefault((row[0], digest), row[1])
+        cur.execute(SQL_FIRST_ARRIVALS, ([k[0] for k in first], [k[1] for k in first], list(first.values()),
+                                         self.duplicate_window_s))
+        arrived = {(device, bytes(digest)): at for device, digest, at in cur.fetchall()}
+        out: dict[str, list[tuple[Any, ...]]] = {"position": list(batch.positions), "event": list(batch.events),
+                                                 "quarantine": list(batch.quarantine)}
+        for table, row, digest in batch.untimed:
+            out[table].append((row[0], arrived.get((row[0], digest), row[1]), *row[2:]))
+        return out["position"], out["event"], out["quarantine"]
+
+
+class _JsonTextDumper(Dumper):
+    """jsonb in binary COPY from the JSON text the pipeline made: its version byte, then the text.
+    Registered for the oid only (``register_dumper(None, ...)``), so only ``set_types`` uses it."""
+
+    format = pq.Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()
 
 
 def _close_quietly(conn: psycopg.Connection) -> None:

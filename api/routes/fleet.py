@@ -19,7 +19,7 @@ available: they are the customer's evidence in a billing dispute. Zones can stil
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -37,6 +37,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import exports, geo
 from api.deps import ApiError, Db, ReadDb, User, device_in_scope, live_data_allowed, not_found, require
+from api.fleet_snapshot import (
+    COMPACT_FIELDS,
+    POSITION_SQL,
+    STATUS_INTERVALS,
+    VEHICLE_HEAD_SQL,
+    FleetSnapshots,
+    Rendered,
+    if_none_match_matches,
+    with_times,
+)
 from api.routes.billing import api_error, call, settings_of
 from avl import billing
 from diagnostics.commands import position_command
@@ -45,10 +55,6 @@ router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
 FleetUser = Annotated[User, require("client", "support")]
 
-# Status thresholds, in report intervals of the device (``report_interval_s``): the same
-# factor as the diagnostics' "silent" (AVL_SILENT_AFTER_INTERVALS default), so what the
-# client sees as offline is what the support center sees as silent.
-STATUS_INTERVALS = 3
 HISTORY_MAX_DAYS = 31
 EXPORT_MAX_DAYS = 93
 EVALUATE_MAX_DAYS = 7
@@ -395,6 +401,10 @@ def _json(text: str) -> Response:
     return Response(content=text.encode(), media_type="application/json")
 
 
+def _json_bytes(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=body, media_type="application/json", headers=headers)
+
+
 # A vehicle's terminals: (device id, on the vehicle from, until); None is open-ended.
 Segment = tuple[int, datetime | None, datetime | None]
 
@@ -449,34 +459,17 @@ def _place(track: geo.Track, i: int) -> dict[str, Any]:
 
 # Vehicles ----------------------------------------------------------------------------------
 
-def _sql_time(column: str) -> str:
-    """SQL for a timestamptz column as a JSON value: UTC ISO 8601 with a Z (fractional seconds
-    only when there are some, as pydantic writes them) or null. Needs DateStyle ISO, set for
-    the transaction. Inline: the same as an SQL function costs twice as much per row."""
-    return f"""coalesce('"' || replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z"', 'null')"""
-
-
 # Each vehicle's JSON is concatenated by PostgreSQL (strings through to_json for escaping):
 # two to three times faster than json_build_object, which looks up every argument's type on
-# every row; a 10,000-vehicle fleet is one round trip and no per-row Python.
-VEHICLES_SQL = """
+# every row; a 10,000-vehicle fleet is one round trip and no per-row Python. The fleet list
+# itself is served from memory (api/fleet_snapshot.py) unless AVL_API_FLEET_SNAPSHOT is off; this
+# is the one-vehicle answer, and the list's when it is.
+VEHICLES_SQL = with_times("""
 SELECT '[' || coalesce(string_agg(x.j, ',' ORDER BY x.id), '') || ']' FROM (SELECT d.id,
-    '{"id":' || d.id || ',"identifier":' || to_json(d.identifier)::text || ',"protocol":' || to_json(d.protocol)::text
-    || ',"account_id":' || coalesce(d.account_id::text, 'null') || ',"vehicle_id":' || coalesce(veh.id::text, 'null')
-    || ',"plate":' || coalesce(to_json(veh.plate)::text, 'null')
-    || ',"vehicle_kind":' || coalesce(to_json(veh.kind)::text, 'null')
-    || ',"description":' || coalesce(to_json(veh.description)::text, 'null')
-    || ',"report_interval_s":' || d.report_interval_s || ',"status":"' || s.status
+    <HEAD> || ',"status":"' || s.status
     || '","status_detail":' || to_json(s.detail)::text || ',"last_report_at":' || TIME(h.heard_at)
     || ',"position":' || CASE WHEN %(show)s AND l.device_id IS NOT NULL THEN
-        '{"time":' || TIME(l.fix_time) || ',"received_at":' || TIME(l.received_at)
-        || ',"valid":' || l.valid || ',"latitude":' || l.latitude || ',"longitude":' || l.longitude
-        || ',"speed_kmh":' || coalesce(l.speed_kmh::text, 'null') || ',"course":' || coalesce(l.course::text, 'null')
-        || ',"altitude_m":' || coalesce(l.altitude_m::text, 'null')
-        || ',"satellites":' || coalesce(l.satellites::text, 'null') || ',"ignition":' || coalesce(l.ignition::text, 'null')
-        || ',"power_mv":' || coalesce(l.power_mv::text, 'null') || ',"battery_mv":' || coalesce(l.battery_mv::text, 'null')
-        || ',"odometer_m":' || coalesce(l.odometer_m::text, 'null')
-        || ',"alarm":' || coalesce(to_json(l.alarm)::text, 'null') || '}'
+        <POSITION>
         ELSE 'null' END || '}' AS j
 FROM devices d
 LEFT JOIN vehicles veh ON veh.id = d.vehicle_id
@@ -513,39 +506,102 @@ CROSS JOIN LATERAL (SELECT * FROM (VALUES (
 WHERE (%(scope)s::bigint IS NULL OR d.account_id = %(scope)s::bigint)
   AND (%(device)s::bigint IS NULL OR d.id = %(device)s::bigint)
   AND (%(status)s::text IS NULL OR s.status = %(status)s::text)) x
-"""
-VEHICLES_SQL = re.sub(r"TIME\(([a-z_.]+)\)", lambda m: _sql_time(m[1]), VEHICLES_SQL)
+""".replace("<HEAD>", VEHICLE_HEAD_SQL).replace("<POSITION>", POSITION_SQL))
+
+
+def _shows_positions(user: User) -> bool:
+    """False for a suspended account's client: no live data (its vehicles are listed without positions)."""
+    try:
+        live_data_allowed(user)
+    except ApiError:
+        return False
+    return True
 
 
 async def _vehicles_json(conn: AsyncConnection, user: User, scope: int | None, device: int | None,
                          status: Status | None) -> str:
     """The vehicles as a JSON array ordered by id, built by PostgreSQL."""
-    try:
-        live_data_allowed(user)
-        show = True
-    except ApiError:
-        show = False
     async with conn.transaction():
-        await conn.execute("SET LOCAL DateStyle = 'ISO'")  # what _sql_time relies on
-        cur = await conn.execute(VEHICLES_SQL, {"show": show, "intervals": STATUS_INTERVALS, "scope": scope,
-                                                "device": device, "status": status.value if status else None})
+        await conn.execute("SET LOCAL DateStyle = 'ISO'")  # what sql_time relies on
+        cur = await conn.execute(VEHICLES_SQL, {"show": _shows_positions(user), "intervals": STATUS_INTERVALS,
+                                                "scope": scope, "device": device,
+                                                "status": status.value if status else None})
         row = await cur.fetchone()
     assert row is not None
     text: str = row[0]
     return text
 
 
-@router.get("/vehicles", response_model=list[Vehicle], summary="The fleet: every vehicle with its latest position",
+class ListForm(StrEnum):
+    full = "full"
+    compact = "compact"
+
+
+class CompactFleet(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"fields": list(COMPACT_FIELDS), "vehicles": [
+        [42, "356307042441013", "teltonika", "AB123CD", "van", 30, "online", "2026-11-24T10:00:05Z",
+         "2026-11-24T10:00:00Z", True, 10.4912, -66.8791, 42.0, 90.0, True, 12600],
+        [43, "356307042441021", "teltonika", None, None, 30, "offline", None,
+         None, None, None, None, None, None, None, None]]}]})
+
+    fields: list[str] = Field(description="the names of the values in each vehicle's array, in order; "
+                                          "`time` to `power_mv` are its latest position's")
+    vehicles: list[list[int | float | str | bool | None]] = Field(
+        description="one array per vehicle, by id; a vehicle without a position (or no live data: suspended) has "
+                    "null from `time` on")
+
+
+_ETAG_HEADER = {"ETag": {"description": "the list's version: send it back in `If-None-Match`",
+                         "schema": {"type": "string"}}}
+
+
+def _database_etag(body: bytes) -> str:
+    """The ETag of a list the database built: its digest (another form's or account's differs)."""
+    return '"d' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _not_modified(if_none_match: str | None, etag: str) -> bool:
+    return if_none_match is not None and if_none_match_matches(if_none_match, etag)
+
+
+@router.get("/vehicles", response_model=list[Vehicle] | CompactFleet,
+            summary="The fleet: every vehicle with its latest position",
             description="The account's vehicles (staff: every account, or `account_id`), each with its latest report "
                         "and a status saying what is going on. A suspended account's vehicles are listed as "
-                        "`account_blocked` without positions.")
+                        "`account_blocked` without positions.\n\n"
+                        "`form=compact`: an object with the field names once (`fields`) and one array of values per "
+                        "vehicle (`vehicles`), without the status detail, account, description and the less used "
+                        "position fields (under a third of the size). The answer carries an `ETag`: send it back in "
+                        "`If-None-Match` and an unchanged list is a 304 without a body (statuses age: the list "
+                        "changes when one does). A report committed before the request is in the answer.",
+            responses={200: {"headers": _ETAG_HEADER},
+                       304: {"description": "the list is the one `If-None-Match` named", "headers": _ETAG_HEADER}})
 async def list_vehicles(
-    user: FleetUser, conn: Db,
+    request: Request, user: FleetUser, conn: Db,
     account_id: Annotated[int | None, Query(description="staff only: one account's vehicles")] = None,
     status: Annotated[Status | None, Query(description="only vehicles in this status")] = None,
+    form: Annotated[ListForm, Query(description="full: the vehicle objects; compact: field names and arrays")]
+    = ListForm.full,
+    if_none_match: Annotated[str | None, Header(description="the ETag of the list the client has")] = None,
 ) -> Response:
-    # Built as JSON by PostgreSQL: no per-row Python, no model validation of 10,000 objects.
-    return _json(await _vehicles_json(conn, user, _scope(user, account_id), None, status))
+    scope, compact, show = _scope(user, account_id), form is ListForm.compact, _shows_positions(user)
+    wanted = status.value if status else None
+    snapshots: FleetSnapshots | None = getattr(request.app.state, "fleet_snapshots", None)
+    listed = None
+    if snapshots is not None:  # from memory, checked against the database (api/fleet_snapshot.py)
+        listed = await snapshots.list(conn, scope, compact=compact, show=show, status=wanted,
+                                      if_none_match=if_none_match)
+    if listed is None:  # built by the database (AVL_API_FLEET_SNAPSHOT=false, or not listening for changes)
+        if compact:
+            body = await FleetSnapshots.once(conn, scope, show=show, status=wanted)
+        else:
+            body = (await _vehicles_json(conn, user, scope, None, status)).encode()
+        etag = _database_etag(body)
+        listed = Rendered(body, etag, _not_modified(if_none_match, etag))
+    headers = {"ETag": listed.etag, "Cache-Control": "private, no-cache"}
+    if listed.not_modified:
+        return Response(status_code=304, headers=headers)
+    return _json_bytes(listed.body, headers)
 
 
 @router.get("/vehicles/{device_id}", response_model=Vehicle, summary="One vehicle with its latest position and status",

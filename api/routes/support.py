@@ -45,7 +45,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.deps import ApiError, Db, User, device_in_scope, not_found, require
-from api.routes.fleet import STATUS_INTERVALS
+from api.fleet_snapshot import STATUS_INTERVALS
 from avl import phone
 from avl.config import Settings, load_settings
 from avl.db import first_line

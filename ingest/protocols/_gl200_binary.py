@@ -35,6 +35,8 @@ import struct
 from avl.records import Position
 from ingest.protocols._gl200_text import Context, put
 from ingest.protocols.base import from_unix, utc
+from ingest.protocols.crc16 import crc8_nrsc5, crc16_ccitt_false
+from ingest.protocols.reader import Reader
 
 PRO_IDENT = 0x00
 PRO_HEARTBEAT = 0x10
@@ -63,44 +65,22 @@ _EVENT_IGNITION: dict[int, bool] = {13: True, 14: False, 45: True, 46: False}
 
 
 class Truncated(ValueError):
-    """The frame ended inside a field."""
+    """The frame is shorter than its length field says."""
 
 
-class Reader:
-    def __init__(self, data: bytes, offset: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = offset
-        self.end = len(data) if end is None else end
+PROTOCOL_NAME = "gl200"
 
-    def take(self, size: int) -> bytes:
-        if size < 0 or self.pos + size > self.end:
-            raise Truncated(f"frame ends inside a field at byte {self.pos}")
-        chunk = self.data[self.pos:self.pos + size]
-        self.pos += size
-        return chunk
 
-    def skip(self, size: int) -> None:
-        self.take(size)
+def _reader(data: bytes, pos: int = 0, end: int | None = None) -> Reader:
+    return Reader(data, PROTOCOL_NAME, pos=pos, end=end)
 
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
 
-    def sint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big", signed=True)
-
-    def peek(self) -> int:
-        if self.pos >= self.end:
-            raise Truncated(f"frame ends at byte {self.pos}")
-        return self.data[self.pos]
-
-    def varint(self) -> int:
-        first = self.uint(1)
-        if first & 0x80:
-            return ((first & 0x7F) << 8) | self.uint(1)
-        return first
-
-    def left(self) -> int:
-        return self.end - self.pos
+def _varint(r: Reader) -> int:
+    """One byte, or two when the first has its top bit set (15 bits, big-endian)."""
+    first = r.u8()
+    if first & 0x80:
+        return ((first & 0x7F) << 8) | r.u8()
+    return first
 
 
 class Bits:
@@ -117,27 +97,6 @@ class Bits:
     def signed(self, count: int) -> int:
         raw = self.unsigned(count)
         return raw - (1 << count) if raw & (1 << (count - 1)) else raw
-
-
-# CRC --------------------------------------------------------------------------------
-
-
-def crc16_ccitt_false(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
-def crc8_pro(data: bytes) -> int:
-    crc = 0xFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
 
 
 # Framing ------------------------------------------------------------------------------
@@ -194,14 +153,14 @@ def _uid(raw: bytes) -> str | None:
 
 
 def _position(r: Reader, p: Position, mask: int) -> None:
-    hdop = r.uint(1)
-    speed = r.uint(2) + r.uint(1) / 10.0 if mask & 1 else None
-    course = float(r.uint(2)) if mask & 2 else None
-    altitude = float(r.sint(2)) if mask & 4 else None
-    longitude = r.sint(4) / 1_000_000
-    latitude = r.sint(4) / 1_000_000
-    year, month, day = r.uint(2), r.uint(1), r.uint(1)
-    when = utc(year, month, day, r.uint(1), r.uint(1), r.uint(1))
+    hdop = r.u8()
+    speed = r.u16() + r.u8() / 10.0 if mask & 1 else None
+    course = float(r.u16()) if mask & 2 else None
+    altitude = float(r.i16()) if mask & 4 else None
+    longitude = r.i32() / 1_000_000
+    latitude = r.i32() / 1_000_000
+    year, month, day = r.u16(), r.u8(), r.u8()
+    when = utc(year, month, day, r.u8(), r.u8(), r.u8())
     if mask & 8:
         r.skip(9)  # mcc, mnc, lac, cid, reserved
     p.hdop = float(hdop)
@@ -213,8 +172,8 @@ def _position(r: Reader, p: Position, mask: int) -> None:
 
 def _common_header(r: Reader, ctx: Context) -> tuple[int, int, str | None, dict[str, int]]:
     """type, mask, device, and the optional header values of +RSP / +EVT."""
-    kind = r.uint(1)
-    mask = r.uint(4)
+    kind = r.u8()
+    mask = r.u32()
     r.skip(2)  # length
     values: dict[str, int] = {}
     if mask & (1 << 8):
@@ -222,16 +181,16 @@ def _common_header(r: Reader, ctx: Context) -> tuple[int, int, str | None, dict[
     if mask & (1 << 9):
         r.skip(2)  # protocol version
     if mask & (1 << 10):
-        values["versionFw"] = r.uint(2)
+        values["versionFw"] = r.u16()
     device = _uid(r.take(8))
     if device:
         ctx.identify(device)
     if mask & (1 << 11):
-        values["batteryLevel"] = r.uint(1)
+        values["batteryLevel"] = r.u8()
     if mask & (1 << 12):
-        values["power"] = r.uint(2)
+        values["power"] = r.u16()
     if mask & (1 << 14):
-        values["adc1"] = r.uint(2)
+        values["adc1"] = r.u16()
     return kind, mask, device, values
 
 
@@ -255,12 +214,12 @@ def _tail_fields(r: Reader, mask: int, kind_is_geo: bool) -> int | None:
     if mask & (1 << 18):
         r.skip(1)  # motion status
     if mask & (1 << 19):
-        return r.uint(1) & 0x0F
+        return r.u8() & 0x0F
     return None
 
 
 def decode_rsp(ctx: Context, frame: bytes, end: int) -> list[Position]:
-    r = Reader(frame, 4, end)
+    r = _reader(frame, 4, end)
     kind, mask, device, values = _common_header(r, ctx)
     satellites = _tail_fields(r, mask, kind == _RSP_GEO)
     if kind != _RSP_COMPRESSED:
@@ -268,12 +227,12 @@ def decode_rsp(ctx: Context, frame: bytes, end: int) -> list[Position]:
     if kind == _RSP_LCB:
         r.skip(1)  # phone number length
         while True:  # BCD phone number ended by an F nibble
-            b = r.uint(1)
+            b = r.u8()
             if (b & 0x0F) == 0x0F or (b & 0xF0) == 0xF0:
                 break
     positions: list[Position] = []
     if kind == _RSP_COMPRESSED:
-        count = r.uint(2)
+        count = r.u16()
         speed = heading = latitude = longitude = 0
         time = 0
         for _ in range(count):
@@ -285,10 +244,10 @@ def decode_rsp(ctx: Context, frame: bytes, end: int) -> list[Position]:
                 bits.unsigned(3)  # point attribute, fix type
                 speed = bits.unsigned(12)
                 heading = bits.unsigned(9)
-                longitude = r.sint(4)
-                latitude = r.sint(4)
+                longitude = r.i32()
+                latitude = r.i32()
                 if time == 0:
-                    time = r.uint(4)
+                    time = r.u32()
             elif marker == 2:
                 bits = Bits(r.take(5))
                 bits.unsigned(3)
@@ -306,7 +265,7 @@ def decode_rsp(ctx: Context, frame: bytes, end: int) -> list[Position]:
             _apply_header(p, values, satellites)
             positions.append(p)
         return positions
-    for _ in range(r.uint(1)):
+    for _ in range(r.u8()):
         p = ctx.make(device, ctx.now())
         _position(r, p, mask)
         _apply_header(p, values, satellites)
@@ -315,7 +274,7 @@ def decode_rsp(ctx: Context, frame: bytes, end: int) -> list[Position]:
 
 
 def decode_evt(ctx: Context, frame: bytes, end: int) -> list[Position]:
-    r = Reader(frame, 4, end)
+    r = _reader(frame, 4, end)
     kind, mask, device, values = _common_header(r, ctx)
     satellites = _tail_fields(r, mask, False)
     r.skip(_EVENT_INSERT.get(kind, 0))
@@ -332,36 +291,36 @@ def decode_evt(ctx: Context, frame: bytes, end: int) -> list[Position]:
 
 
 def decode_inf(ctx: Context, frame: bytes, end: int) -> list[Position]:
-    r = Reader(frame, 4, end)
-    kind = r.uint(1)
+    r = _reader(frame, 4, end)
+    kind = r.u8()
     r.skip(2 + 2)  # mask, length
     device = _uid(r.take(8))
     if device:
         ctx.identify(device)
     r.skip(1 + 2)  # device type, protocol version
-    firmware = r.uint(2)
+    firmware = r.u16()
     if kind == 6:  # VER
         r.skip(6)  # hardware version, mcu version, reserved
     r.skip(2)  # motion status, reserved
-    satellites = r.uint(1)
+    satellites = r.u8()
     r.skip(1 + 7 + 1 + 1 + 2 + 2 + 2 + 4 + 1)  # mode, last fix, reserved.., masks, intervals
     p = ctx.make(device, ctx.now())
     put(p, "versionFw", str(firmware))
     p.satellites = satellites
     if kind == 7:  # BAT
-        put(p, "charge", r.uint(1) != 0)
-        p.power_mv = r.uint(2)
-        p.battery_mv = r.uint(2)
-        put(p, "batteryLevel", r.uint(1))
+        put(p, "charge", r.u8() != 0)
+        p.power_mv = r.u16()
+        p.battery_mv = r.u16()
+        put(p, "batteryLevel", r.u8())
     r.skip(10)  # iccid
     if kind == 5:  # CSQ
-        put(p, "rssi", r.uint(1))
+        put(p, "rssi", r.u8())
         r.skip(1)
     r.skip(3)  # time zone
     if kind == 10:  # GIR
         r.skip(2 + 8 + 2)
-    year, month, day = r.uint(2), r.uint(1), r.uint(1)
-    p.fix_time = utc(year, month, day, r.uint(1), r.uint(1), r.uint(1))
+    year, month, day = r.u16(), r.u8(), r.u8()
+    p.fix_time = utc(year, month, day, r.u8(), r.u8(), r.u8())
     return [p]
 
 
@@ -391,20 +350,20 @@ def decode_hex(ctx: Context, frame: bytes) -> tuple[list[Position], bool]:
 
 
 def _pro_location(p: Position, data: bytes, full: bool) -> None:
-    r = Reader(data)
-    fix = r.uint(1)
-    longitude = r.sint(4) / 1_000_000
-    latitude = r.sint(4) / 1_000_000
-    when = from_unix(r.uint(4))
-    speed = r.uint(2) / 10.0
+    r = _reader(data)
+    fix = r.u8()
+    longitude = r.i32() / 1_000_000
+    latitude = r.i32() / 1_000_000
+    when = from_unix(r.u32())
+    speed = r.u16() / 10.0
     p.latitude, p.longitude, p.fix_time, p.speed_kmh = latitude, longitude, when, speed
     p.valid = (fix >> 2) & 0x03 == 0b10  # fix state 2 = fixed (bits 7-4: signal level)
     if full:
-        hdop = r.uint(1)
+        hdop = r.u8()
         p.hdop = hdop / 10.0
-        p.course = float(r.uint(2))
+        p.course = float(r.u16())
         p.altitude_m = r.sint(3) / 10.0
-        p.satellites = r.uint(1)
+        p.satellites = r.u8()
 
 
 def decode_pro(ctx: Context, frame: bytes) -> tuple[list[Position], bool]:
@@ -416,39 +375,39 @@ def decode_pro(ctx: Context, frame: bytes) -> tuple[list[Position], bool]:
     if len(frame) < length:
         raise Truncated(f"frame has {len(frame)} bytes, its length field says {length}")
     frame = frame[:length]
-    crc_ok = frame[-2] == crc8_pro(frame[:-2])
+    crc_ok = frame[-2] == crc8_nrsc5(frame[:-2])
     if frame[1] == PRO_HEARTBEAT:
         imei = frame[3:11].hex()[1:]
         ctx.identify(imei)
         return [], crc_ok
-    r = Reader(frame, 4, length - 4)
-    if r.uint(1) & 0x80:
+    r = _reader(frame, 4, length - 4)
+    if r.u8() & 0x80:
         r.skip(2)  # frame count, frame number
     imei = r.take(8).hex()[1:]
     ctx.identify(imei)
     r.skip(2 + 2 + 1)  # device type, protocol version, custom version
-    r.skip(r.uint(1))  # reserved field
+    r.skip(r.u8())  # reserved field
     positions: list[Position] = []
-    while r.left() > 0:
+    while r.remaining > 0:
         start = r.pos
-        size = r.varint()
+        size = _varint(r)
         if size <= r.pos - start:
             raise ValueError(f"record length {size} too small")
-        record = Reader(frame, r.pos, start + size)
+        record = _reader(frame, r.pos, start + size)
         if start + size > r.end:
             raise Truncated("record runs past the frame")
-        generated = from_unix(record.uint(4))
-        index = record.uint(2)
-        record_id = record.uint(1)
-        event = record.uint(1)
+        generated = from_unix(record.u32())
+        index = record.u16()
+        record_id = record.u8()
+        event = record.u8()
         p = ctx.make(imei, generated)
         put(p, "index", index)
         put(p, "event", record_id)
         if event:
             put(p, "eventCode", event)
-        while record.left() > 0:
-            data_id = record.varint()
-            content = record.take(record.varint())
+        while record.remaining > 0:
+            data_id = _varint(record)
+            content = record.take(_varint(record))
             if data_id == 0x52 and len(content) >= 22:
                 _pro_location(p, content, True)
             elif data_id == 0x51 and len(content) >= 15:

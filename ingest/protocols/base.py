@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 
 from avl.records import Position
 
+# The CRC-16s most decoders use, re-exported from where they are computed.
+from ingest.protocols.crc16 import crc16_ibm as crc16_ibm
+from ingest.protocols.crc16 import crc16_x25 as crc16_x25
+
 KNOTS_TO_KMH = 1.852
 MPH_TO_KMH = 1.609344
 
@@ -114,45 +118,17 @@ class Protocol:
 
     def position(self, session: Session, fix_time: datetime, frame: bytes, **fields: Any) -> Position:
         """A record for the session's device; raises when the device is not identified yet."""
+        return Position(device=self.identified(session, frame), fix_time=fix_time, protocol=self.name, raw=frame,
+                        **fields)
+
+    def identified(self, session: Session, frame: bytes) -> str:
+        """The session's device; raises when the device is not identified yet."""
         if session.device is None:
             raise self.error("report before the device identified itself (no login on this session)", frame)
-        return Position(device=session.device, fix_time=fix_time, protocol=self.name, raw=frame, **fields)
+        return session.device
 
     def too_long(self, buffer: bytes) -> FrameError:
         return FrameError(self.name, f"no complete frame within {self.max_frame} bytes", buffer[:64])
-
-
-# CRC ------------------------------------------------------------------------------
-
-
-def _reflected_table(poly: int) -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_X25 = _reflected_table(0x8408)
-_IBM = _reflected_table(0xA001)
-
-
-def crc16_x25(data: bytes) -> int:
-    """CRC-16/X-25 (gt06 and Concox clones): reflected 0x1021, init and xorout 0xFFFF."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _X25[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFF
-
-
-def crc16_ibm(data: bytes) -> int:
-    """CRC-16/ARC a.k.a. IBM (Teltonika): reflected 0x8005, init 0, no xorout."""
-    crc = 0
-    for b in data:
-        crc = (crc >> 8) ^ _IBM[(crc ^ b) & 0xFF]
-    return crc
 
 
 # BCD and coordinates --------------------------------------------------------------

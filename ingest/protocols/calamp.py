@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 from avl.records import Position
 from ingest.protocols.base import DecodeError, DecodeResult, FrameError, Protocol, Session, from_unix
+from ingest.protocols.reader import Reader
 
 SERVICE_UNACKNOWLEDGED = 0
 SERVICE_ACKNOWLEDGED = 1
@@ -67,36 +68,11 @@ MOBILE_ID_IMEI = 2
 CM_PER_S_TO_KMH = 0.036
 
 
-class _Reader:
-    """Bounds-checked big-endian reader (overruns raise IndexError)."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise IndexError(f"need {n} bytes at offset {self.pos}, have {len(self.data) - self.pos}")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
-
-    def read(self, fmt: str) -> Any:
-        return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def u8(self) -> int:
-        return int(self.read("B"))
-
-    def peek(self) -> int:
-        if self.pos >= len(self.data):
-            raise IndexError(f"need 1 byte at offset {self.pos}")
-        return self.data[self.pos]
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.pos
+# The fixed part of an event / locate / user-data report: update time, fix time, lat, lon, altitude,
+# speed, heading, satellites, fix status, carrier, rssi, comm state, hdop, inputs, unit status.
+_REPORT = struct.Struct(">IIiiiIhBBHhBBBB")
+# ... and of a mini event report: update time, lat, lon, heading, speed, fix, comm state, inputs.
+_MINI_EVENT = struct.Struct(">IiihBBBB")
 
 
 def ack(sequence: int, message_type: int) -> bytes:
@@ -127,12 +103,12 @@ class CalAmpProtocol(Protocol):
             raise self.error("empty datagram", frame)
         if len(frame) > self.max_frame:
             raise self.error(f"datagram of {len(frame)} bytes is larger than {self.max_frame}", frame[:64])
-        buf = _Reader(frame)
+        buf = Reader(frame, self.name)
         if buf.peek() & 0x80:
             frame = self._options_header(buf, session, frame)
-        if buf.left < 4:
+        if buf.remaining < 4:
             raise self.error("truncated message header", frame)
-        service, message_type, sequence = buf.u8(), buf.u8(), int(buf.read("H"))
+        service, message_type, sequence = buf.u8(), buf.u8(), buf.u16()
         if session.device is None:
             raise self.error("no mobile ID in the options header and the source is not identified", frame)
         reply = ack(sequence, message_type) if service == SERVICE_ACKNOWLEDGED else None
@@ -142,7 +118,7 @@ class CalAmpProtocol(Protocol):
             return DecodeResult([self._mini_event(buf, session, frame)], reply)
         return DecodeResult(reply=reply)
 
-    def _options_header(self, buf: _Reader, session: Session, frame: bytes) -> bytes:
+    def _options_header(self, buf: Reader, session: Session, frame: bytes) -> bytes:
         """Reads the options header; returns the frame to keep as raw (authentication word zeroed)."""
         options = buf.u8()
         mobile_id: str | None = None
@@ -160,13 +136,9 @@ class CalAmpProtocol(Protocol):
             session.device = mobile_id
         return frame
 
-    def _report(self, buf: _Reader, message_type: int, session: Session, frame: bytes) -> Position:
-        update_time, _fix_time = buf.read("I"), buf.read("I")
-        lat, lon = buf.read("i"), buf.read("i")
-        altitude, speed, heading = buf.read("i"), buf.read("I"), buf.read("h")
-        satellites, fix_status = buf.u8(), buf.u8()
-        carrier, rssi = buf.read("H"), buf.read("h")
-        modem, hdop, inputs, unit_status = buf.u8(), buf.u8(), buf.u8(), buf.u8()
+    def _report(self, buf: Reader, message_type: int, session: Session, frame: bytes) -> Position:
+        (update_time, _fix_time, lat, lon, altitude, speed, heading, satellites, fix_status, carrier, rssi, modem,
+         hdop, inputs, unit_status) = buf.unpack(_REPORT)
         p = self.position(
             session, from_unix(update_time), frame,
             valid=not fix_status & 0x08,
@@ -187,22 +159,18 @@ class CalAmpProtocol(Protocol):
         if message_type == MSG_USER_DATA:
             buf.u8()  # route
             buf.u8()  # message ID
-            attrs["result"] = buf.take(buf.read("H")).decode("latin-1").strip()
-        elif buf.left:  # some firmware ends the report before the accumulator section
+            attrs["result"] = buf.take(buf.u16()).decode("latin-1").strip()
+        elif buf.remaining:  # some firmware ends the report before the accumulator section
             acc_type, acc_count = buf.peek() >> 6, buf.u8() & 0x3F
-            if buf.left:
+            if buf.remaining:
                 attrs["append"] = buf.u8()
             if acc_type == 1:
-                buf.take(8)  # threshold and mask
+                buf.skip(8)  # threshold and mask
             _accumulators(buf, acc_count, attrs)
         return p
 
-    def _mini_event(self, buf: _Reader, session: Session, frame: bytes) -> Position:
-        update_time = buf.read("I")
-        lat, lon = buf.read("i"), buf.read("i")
-        heading, speed = buf.read("h"), buf.u8()
-        fix = buf.u8()
-        modem, inputs = buf.u8(), buf.u8()
+    def _mini_event(self, buf: Reader, session: Session, frame: bytes) -> Position:
+        update_time, lat, lon, heading, speed, fix, modem, inputs = buf.unpack(_MINI_EVENT)
         p = self.position(
             session, from_unix(update_time), frame,
             valid=not fix & 0x20,
@@ -214,7 +182,7 @@ class CalAmpProtocol(Protocol):
             ignition=bool(inputs & 0x01),
         )
         p.attributes.update(modem=modem, input=inputs, event=buf.u8())
-        if buf.left:
+        if buf.remaining:
             acc_type, acc_count = buf.peek() >> 6, buf.u8() & 0x3F
             if acc_type == 1:
                 buf.take(8)
@@ -226,11 +194,11 @@ def _course(heading: int) -> float | None:
     return float(heading) if 0 <= heading <= 360 else None
 
 
-def _accumulators(buf: _Reader, count: int, attrs: dict[str, Any]) -> None:
+def _accumulators(buf: Reader, count: int, attrs: dict[str, Any]) -> None:
     for i in range(count):
-        if buf.left < 4:
+        if buf.remaining < 4:
             break
-        attrs[f"acc{i}"] = int(buf.read("I"))
+        attrs[f"acc{i}"] = buf.u32()
 
 
 # Encoders (device simulator) ------------------------------------------------------------

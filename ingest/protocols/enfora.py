@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from avl.records import Position
 from ingest.protocols.base import KNOTS_TO_KMH, DecodeError, DecodeResult, FrameError, Protocol, Session, utc
+from ingest.protocols.crc16 import xor8
 
 IMEI_LENGTH = 15
 _HEADER = 6  # length, index, command type, header byte
@@ -46,13 +47,6 @@ _GPRMC = re.compile(
 _CHECKSUM = re.compile(rb"\*([0-9A-Fa-f]{2})")
 
 
-def _nmea_checksum(sentence: bytes) -> int:
-    value = 0
-    for byte in sentence:
-        value ^= byte
-    return value
-
-
 def _checksum_mismatch(frame: bytes, start: int) -> bool:
     """Whether the NMEA sentence starting at ``start`` (its ``G``) carries a wrong ``*CS``.
 
@@ -68,7 +62,7 @@ def _checksum_mismatch(frame: bytes, start: int) -> bool:
     declared = _CHECKSUM.match(frame, star)
     if declared is None:
         return True
-    return _nmea_checksum(frame[start:star]) != int(declared[1], 16)
+    return xor8(frame[start:star]) != int(declared[1], 16)
 
 
 class EnforaProtocol(Protocol):
@@ -157,7 +151,7 @@ def encode_position(p: Position, sequence: int = 0) -> bytes:
         _encode_coordinate(p.latitude, 2, "NS"), _encode_coordinate(p.longitude, 3, "EW"),
         f"{speed_knots:.2f}", f"{(p.course or 0.0):.2f}", f"{moment:%d%m%y}", "", "", "A" if p.valid else "N",
     ]).encode("ascii")
-    body = b"  " + p.device.encode("ascii") + b" 1 $" + sentence + b"*%02X\r\n" % _nmea_checksum(sentence)
+    body = b"  " + p.device.encode("ascii") + b" 1 $" + sentence + b"*%02X\r\n" % xor8(sentence)
     header = struct.pack(">HBB", sequence & 0xFFFF, _EVENT_MESSAGE, 0)
     return struct.pack(">H", 2 + len(header) + len(body)) + header + body
 

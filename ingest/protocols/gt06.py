@@ -51,6 +51,7 @@ from ingest.protocols.base import (
     crc16_x25,
     from_unix,
 )
+from ingest.protocols.reader import Reader
 
 HEADER_BASIC = b"\x78\x78"
 HEADER_EXTENDED = b"\x79\x79"
@@ -215,70 +216,12 @@ _TZ_OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$", re.IG
 STATE_LOGIN_TZ = "gt06.login_tz_minutes"
 
 
-class _Truncated(Exception):
-    """A read past the end of the frame."""
+_U32_LE = struct.Struct("<I")
 
 
-class _Reader:
-    """Big-endian cursor over one frame. ``remaining`` counts the trailing serial, CRC and CRLF
-    too, as the reference decoder's readable-bytes checks do."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise _Truncated(f"needs {n} bytes at offset {self.pos}, frame has {len(self.data)}")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
-
-    def skip(self, n: int) -> None:
-        self.take(n)
-
-    def peek(self, offset: int = 0) -> int:
-        index = self.pos + offset
-        if index >= len(self.data):
-            raise _Truncated(f"needs a byte at offset {index}, frame has {len(self.data)}")
-        return self.data[index]
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def i8(self) -> int:
-        value = self.u8()
-        return value - 0x100 if value & 0x80 else value
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def i16(self) -> int:
-        return int.from_bytes(self.take(2), "big", signed=True)
-
-    def u24(self) -> int:
-        return int.from_bytes(self.take(3), "big")
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
-
-    def i32(self) -> int:
-        return int.from_bytes(self.take(4), "big", signed=True)
-
-    def u32le(self) -> int:
-        return int.from_bytes(self.take(4), "little")
-
-    def i64(self) -> int:
-        return int.from_bytes(self.take(8), "big", signed=True)
-
-    def ascii(self, n: int) -> str:
-        return self.take(n).decode("ascii", errors="replace")
+def _ascii(r: Reader, n: int) -> str:
+    """``n`` bytes as ASCII text (other bytes become U+FFFD, as the reference's decoding does)."""
+    return r.text(n, "ascii", "replace")
 
 
 @dataclass(slots=True)
@@ -414,36 +357,39 @@ def _response(msg_type: int, serial: int, content: bytes = b"", extended: bool =
     return header + body + crc16_x25(body).to_bytes(2, "big") + CRLF
 
 
+# (message type, length byte) -> the variant that sends it with that length.
+_VARIANTS = {
+    (MSG_GPS_LBS_1, 0x24): VXT01,
+    (MSG_GPS_LBS_STATUS_1, 0x24): VXT01,
+    (MSG_LBS_MULTIPLE_3, 0x31): WANWAY_S20,
+    (MSG_LBS_MULTIPLE_3, 0x2E): SR411_MINI,
+    (MSG_GPS_LBS_1, 0x21): BENWAY,
+    (MSG_GPS_LBS_1, 0x2B): S5,
+    (MSG_STATUS, 0x13): OBD6,
+    (MSG_GPS_LBS_1, 0x29): WETRUST,
+    (MSG_LBS_3, 0x37): SL4X,
+    (MSG_GPS_LBS_5, 0x2A): SL4X,
+    (MSG_GPS_LBS_STATUS_4, 0x27): SL4X,
+    (MSG_GPS_LBS_STATUS_4, 0x29): SL4X,
+    (MSG_GPS_LBS_2, 0x2F): SEEWORLD,
+    (MSG_GPS_LBS_STATUS_1, 0x26): SEEWORLD,
+    (MSG_STATUS_3, 0x0C): SEEWORLD,
+    (MSG_GPS_LBS_RFID, 0x28): RFID,
+    (MSG_GPS_LBS_STATUS_5, 0x40): LW4G,
+}
+
+
 def _variant(data: bytes) -> str:
     if data[:2] != HEADER_BASIC:
         return STANDARD
     length, msg_type = data[2], data[3]
-    table = {
-        (MSG_GPS_LBS_1, 0x24): VXT01,
-        (MSG_GPS_LBS_STATUS_1, 0x24): VXT01,
-        (MSG_LBS_MULTIPLE_3, 0x31): WANWAY_S20,
-        (MSG_LBS_MULTIPLE_3, 0x2E): SR411_MINI,
-        (MSG_GPS_LBS_1, 0x21): BENWAY,
-        (MSG_GPS_LBS_1, 0x2B): S5,
-        (MSG_STATUS, 0x13): OBD6,
-        (MSG_GPS_LBS_1, 0x29): WETRUST,
-        (MSG_LBS_3, 0x37): SL4X,
-        (MSG_GPS_LBS_5, 0x2A): SL4X,
-        (MSG_GPS_LBS_STATUS_4, 0x27): SL4X,
-        (MSG_GPS_LBS_STATUS_4, 0x29): SL4X,
-        (MSG_GPS_LBS_2, 0x2F): SEEWORLD,
-        (MSG_GPS_LBS_STATUS_1, 0x26): SEEWORLD,
-        (MSG_STATUS_3, 0x0C): SEEWORLD,
-        (MSG_GPS_LBS_RFID, 0x28): RFID,
-        (MSG_GPS_LBS_STATUS_5, 0x40): LW4G,
-    }
     if msg_type == MSG_GPS_LBS_1 and length >= 0x71:
         return GT06E_CARD
     if msg_type == MSG_LBS_STATUS and length >= 0x17:
         return SPACE10X
     if msg_type == MSG_ALARM and len(data) >= 6 and data[4:6] == b"\xff\xff":
         return JC400
-    return table.get((msg_type, length), STANDARD)
+    return _VARIANTS.get((msg_type, length), STANDARD)
 
 
 @dataclass(slots=True)
@@ -529,7 +475,7 @@ class Gt06Protocol(Protocol):
             return self._decode(frame, session)
         except DecodeError:
             raise
-        except (_Truncated, struct.error, LookupError, ValueError, ArithmeticError, UnicodeError) as exc:
+        except (struct.error, LookupError, ValueError, ArithmeticError, UnicodeError) as exc:
             raise self.error(f"malformed frame: {exc}", frame) from exc
 
     def _decode(self, frame: bytes, session: Session) -> DecodeResult:
@@ -562,9 +508,9 @@ class Gt06Protocol(Protocol):
             tz=self._timezone(session),
         )
         if extended:
-            records, reply = self._decode_extended(ctx, _Reader(data, 2))
+            records, reply = self._decode_extended(ctx, Reader(data, self.name, pos=2))
         else:
-            records, reply = self._decode_basic(ctx, _Reader(data, 2))
+            records, reply = self._decode_basic(ctx, Reader(data, self.name, pos=2))
 
         positions = [self._to_position(record, ctx, frame) for record in records]
         if not crc_ok:
@@ -604,11 +550,11 @@ class Gt06Protocol(Protocol):
     # Shared field groups ------------------------------------------------------------
 
     @staticmethod
-    def _date(r: _Reader, tz: tzinfo) -> datetime:
+    def _date(r: Reader, tz: tzinfo) -> datetime:
         y, mo, d, h, mi, s = r.take(6)
         return _lenient_time(y, mo, d, h, mi, s, tz)
 
-    def _gps(self, rec: _Record, r: _Reader, ctx: _Context, has_length: bool = False, has_satellites: bool = True,
+    def _gps(self, rec: _Record, r: Reader, ctx: _Context, has_length: bool = False, has_satellites: bool = True,
              has_speed: bool = True, long_speed: bool = False, swap_flags: bool = False) -> bool:
         rec.time = self._date(r, ctx.tz)
         if has_length and r.u8() == 0:
@@ -626,7 +572,7 @@ class Gt06Protocol(Protocol):
         return True
 
     @staticmethod
-    def _lbs(r: _Reader, msg_type: int, has_length: bool, variant: str) -> bool:
+    def _lbs(r: Reader, msg_type: int, has_length: bool, variant: str) -> bool:
         """Skips the serving cell (MCC/MNC/LAC/CID); the cell is not part of our record."""
         length = 0
         if has_length:
@@ -659,7 +605,7 @@ class Gt06Protocol(Protocol):
         return True
 
     @staticmethod
-    def _status(rec: _Record, r: _Reader, variant: str) -> None:
+    def _status(rec: _Record, r: Reader, variant: str) -> None:
         status = r.u8()
         rec.set("status", status)
         rec.set("ignition", _bit(status, 1))
@@ -722,7 +668,7 @@ class Gt06Protocol(Protocol):
 
     # Basic (78 78) packets ----------------------------------------------------------
 
-    def _decode_basic(self, ctx: _Context, r: _Reader) -> tuple[list[_Record], bytes | None]:
+    def _decode_basic(self, ctx: _Context, r: Reader) -> tuple[list[_Record], bytes | None]:
         length = r.u8()
         data_length = length - 5
         msg_type = r.u8()
@@ -799,7 +745,7 @@ class Gt06Protocol(Protocol):
             command_length = r.u8()
             if command_length > 0:
                 r.u32()  # server flag
-                value = r.ascii(command_length - 4)
+                value = _ascii(r, command_length - 4)
                 if value.startswith("<ICCID:"):
                     rec.set("iccid", value[7:27])
                 else:
@@ -834,7 +780,7 @@ class Gt06Protocol(Protocol):
 
         return [rec], ack
 
-    def _login(self, ctx: _Context, r: _Reader, data_length: int) -> list[_Record]:
+    def _login(self, ctx: _Context, r: Reader, data_length: int) -> list[_Record]:
         imei = r.take(8).hex()[1:]
         r.u16()  # terminal type identifier
         state_tz: int | None = None
@@ -850,7 +796,7 @@ class Gt06Protocol(Protocol):
             ctx.session.state[STATE_LOGIN_TZ] = state_tz
         return []
 
-    def _wifi(self, ctx: _Context, r: _Reader, msg_type: int) -> tuple[list[_Record], bytes | None]:
+    def _wifi(self, ctx: _Context, r: Reader, msg_type: int) -> tuple[list[_Record], bytes | None]:
         raw_time = r.take(6)
         y, mo, d, h, mi, s = ((b >> 4) * 10 + (b & 0x0F) for b in raw_time)  # BCD
         rec = _Record(time=_lenient_time(y, mo, d, h, mi, s, UTC))
@@ -869,7 +815,7 @@ class Gt06Protocol(Protocol):
             reply = HEADER_BASIC + bytes([0, msg_type]) + raw_time + CRLF
         return [rec], reply
 
-    def _lbs_multiple(self, rec: _Record, r: _Reader, ctx: _Context, msg_type: int) -> None:
+    def _lbs_multiple(self, rec: _Record, r: Reader, ctx: _Context, msg_type: int) -> None:
         variant = ctx.variant
         rec.time = self._date(r, ctx.tz)
         if variant in (WANWAY_S20, SL4X):
@@ -895,7 +841,7 @@ class Gt06Protocol(Protocol):
                 r.skip(6 + 1)  # mac, rssi
 
     @staticmethod
-    def _bms(rec: _Record, r: _Reader) -> None:
+    def _bms(rec: _Record, r: Reader) -> None:
         r.skip(8)  # serial number
         rec.time = from_unix(r.u32())
         rec.set("relativeCapacity", r.u8())
@@ -911,9 +857,9 @@ class Gt06Protocol(Protocol):
             rec.set(f"batteryCell{i}", r.u16() * 0.001)
         rec.set("currentChargeInterval", r.u16())
         rec.set("maxChargeInterval", r.u16())
-        rec.set("barcode", _java_trim(r.ascii(16)))
+        rec.set("barcode", _java_trim(_ascii(r, 16)))
         rec.set("batteryVersion", r.u16())
-        rec.set("manufacturer", _java_trim(r.ascii(16)))
+        rec.set("manufacturer", _java_trim(_ascii(r, 16)))
         rec.set("batteryStatus", r.u32())
         rec.set("controllerStatus", r.u32())
         rec.set("controllerFault", r.u32())
@@ -939,7 +885,7 @@ class Gt06Protocol(Protocol):
         return (self._has_gps(msg_type, ctx.variant) or self._has_lbs(msg_type, ctx.variant)
                 or self._has_status(msg_type, ctx))
 
-    def _location(self, rec: _Record, r: _Reader, ctx: _Context, msg_type: int) -> None:
+    def _location(self, rec: _Record, r: Reader, ctx: _Context, msg_type: int) -> None:
         """The location / LBS / status / alarm family (0x10-0x27, 0x2D, 0x31, 0x32, 0x37, 0xA0-0xA5)."""
         variant = ctx.variant
         nt_location = ctx.model_nt and msg_type in (MSG_GPS_LBS_2, MSG_GPS_LBS_DRIVER)
@@ -1053,7 +999,7 @@ class Gt06Protocol(Protocol):
         if msg_type in (MSG_GPS_LBS_STATUS_3, MSG_FENCE_MULTI):
             rec.set("geofence", r.u8())
 
-    def _status_block(self, rec: _Record, r: _Reader, ctx: _Context, msg_type: int, nt_location: bool) -> None:
+    def _status_block(self, rec: _Record, r: Reader, ctx: _Context, msg_type: int, nt_location: bool) -> None:
         if msg_type == MSG_GPS_LBS_STATUS_5:
             r.u8()  # network indicator
         self._status(rec, r, ctx.variant)
@@ -1097,11 +1043,11 @@ class Gt06Protocol(Protocol):
             if ctx.model_vl and msg_type != MSG_STATUS:
                 rec.set("event", extension)
 
-    def _gps_lbs_1_variant(self, rec: _Record, r: _Reader, ctx: _Context) -> None:
+    def _gps_lbs_1_variant(self, rec: _Record, r: Reader, ctx: _Context) -> None:
         variant = ctx.variant
         if variant == GT06E_CARD:
             rec.set("odometer", r.u32())
-            card = r.ascii(r.u8())
+            card = _ascii(r, r.u8())
             r.skip(2)  # alarm, swiped
             rec.set("card", _java_trim(card))
         elif variant == BENWAY:
@@ -1132,12 +1078,12 @@ class Gt06Protocol(Protocol):
             rec.set("odometer", r.u32() * 10)
         elif variant == WETRUST:
             rec.set("odometer", r.u32())
-            rec.set("card", r.ascii(r.u8()))
+            rec.set("card", _ascii(r, r.u8()))
             rec.add_alarm(ALARM_GENERAL if r.u8() > 0 else None)
             rec.set("cardStatus", r.u8())
             rec.set("drivingTime", r.u16())
 
-    def _vl_location(self, rec: _Record, r: _Reader, ctx: _Context) -> None:
+    def _vl_location(self, rec: _Record, r: Reader, ctx: _Context) -> None:
         """0x36 from VL-series units: a location with a 4-byte cell id, then ACC, upload mode,
         re-upload, 4 bytes (mileage or level, unconfirmed), 2 unknown bytes, battery /10 V,
         3 unknown bytes and an 8-byte driver card. Inferred from captures: the reference handles
@@ -1157,7 +1103,7 @@ class Gt06Protocol(Protocol):
             if any(card):
                 rec.set("driverUniqueId", card.hex())
 
-    def _camera_alarm(self, rec: _Record, r: _Reader, ctx: _Context, data_length: int) -> None:
+    def _camera_alarm(self, rec: _Record, r: Reader, ctx: _Context, data_length: int) -> None:
         jc400 = ctx.variant == JC400
         extended_alarm = data_length > 7
         if extended_alarm:
@@ -1177,11 +1123,11 @@ class Gt06Protocol(Protocol):
             rec.add_alarm(_CAMERA_EVENTS.get(event))
         files_length = r.remaining - 6
         if files_length > 0:
-            rec.set("eventFiles", r.ascii(files_length))
+            rec.set("eventFiles", _ascii(r, files_length))
 
     # Extended (79 79) packets --------------------------------------------------------
 
-    def _decode_extended(self, ctx: _Context, r: _Reader) -> tuple[list[_Record], bytes | None]:
+    def _decode_extended(self, ctx: _Context, r: Reader) -> tuple[list[_Record], bytes | None]:
         length = r.u16()
         msg_type = r.u8()
         serial = int.from_bytes(ctx.frame[-6:-4], "big")
@@ -1228,7 +1174,7 @@ class Gt06Protocol(Protocol):
         if msg_type == MSG_OBD:
             rec.time = self._date(r, ctx.tz)
             rec.set("ignition", r.u8() > 0)
-            self._obd(rec, r.ascii(r.remaining - 18))
+            self._obd(rec, _ascii(r, r.remaining - 18))
             return [rec], None
 
         if msg_type == MSG_GPS_MODULAR:
@@ -1262,12 +1208,12 @@ class Gt06Protocol(Protocol):
 
         return [], None
 
-    def _info(self, ctx: _Context, r: _Reader, rec: _Record, length: int) -> list[_Record]:
+    def _info(self, ctx: _Context, r: Reader, rec: _Record, length: int) -> list[_Record]:
         sub_type = r.u8()
         if sub_type == 0x00:
             rec.set("adc1", r.u16() * 0.01)
         elif sub_type == 0x04:
-            content = r.ascii(r.remaining - 4 - 2)
+            content = _ascii(r, r.remaining - 4 - 2)
             for item in content.split(";"):
                 pair = _java_split(item, "=")
                 if len(pair) < 2:
@@ -1309,7 +1255,7 @@ class Gt06Protocol(Protocol):
             rec.set("fuel", float(match.group(2)))
         elif sub_type == 0x1B:
             if chr(r.peek()).isalpha():
-                rec.set("serial", _java_trim(r.ascii(r.remaining - 6)))
+                rec.set("serial", _java_trim(_ascii(r, r.remaining - 6)))
             else:
                 r.skip(2)  # header, type
                 rec.set("driverUniqueId", r.take(4).hex())
@@ -1337,7 +1283,7 @@ class Gt06Protocol(Protocol):
                 continue
 
     @staticmethod
-    def _modular(rec: _Record, r: _Reader) -> None:
+    def _modular(rec: _Record, r: Reader) -> None:
         while r.remaining > 6:
             module, module_length = r.u16(), r.u16()
             if module == 0x03:
@@ -1361,7 +1307,7 @@ class Gt06Protocol(Protocol):
             elif module == 0x2B:
                 rec.set("bootReason", r.u8())
             elif module == 0x2E:
-                rec.set("odometer", r.u32le())
+                rec.set("odometer", r.unpack(_U32_LE)[0])
             elif module == 0x33:
                 rec.time = from_unix(r.u32())
                 rec.set("sat", r.u8())
@@ -1375,7 +1321,7 @@ class Gt06Protocol(Protocol):
                 event = r.u8()
                 rec.add_alarm(_MODULAR_EVENTS.get(event))
                 rec.set("event", event)
-                r.u32le()  # time
+                r.unpack(_U32_LE)[0]  # time
                 r.skip(r.u8())  # content
             elif module == 0x7F:
                 rec.set("tag1Id", r.take(6).hex())
@@ -1388,7 +1334,7 @@ class Gt06Protocol(Protocol):
                 r.skip(module_length)
 
     @staticmethod
-    def _peripheral(rec: _Record, r: _Reader) -> None:
+    def _peripheral(rec: _Record, r: Reader) -> None:
         rec.time = from_unix(r.u32())
         while r.remaining > 6:
             status_id = r.u16()
@@ -1413,7 +1359,7 @@ class Gt06Protocol(Protocol):
                 r.skip(r.u8() if status_length == 0 else status_length)
 
     @staticmethod
-    def _status_modules(rec: _Record, r: _Reader) -> None:
+    def _status_modules(rec: _Record, r: Reader) -> None:
         """0xF1: Unix time, then (id u16, length u8, value) modules; 0x0005 = external power /100 V.
         Layout inferred from captures; other module ids are skipped."""
         rec.time = from_unix(r.u32())

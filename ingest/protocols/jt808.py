@@ -70,12 +70,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from functools import reduce
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from avl.records import Position
 from ingest.protocols.base import KNOTS_TO_KMH, DecodeError, DecodeResult, Protocol, Session, bcd_int, utc
+from ingest.protocols.crc16 import xor8
 from ingest.protocols.reader import Reader, ShortFrame
 
 DELIMITER = 0x7E
@@ -174,10 +174,6 @@ def unescape(data: bytes) -> bytes:
 
 def escape(data: bytes) -> bytes:
     return data.replace(b"\x7d", b"\x7d\x01").replace(b"\x7e", b"\x7d\x02")
-
-
-def _xor(data: bytes) -> int:
-    return reduce(lambda a, b: a ^ b, data, 0)
 
 
 def _timezone(session: Session) -> tzinfo:
@@ -324,7 +320,7 @@ class Jt808Protocol(Protocol):
         if r.remaining < 1:
             raise self.error("message ends before its checksum", frame)
         body = inner[r.pos:-1]
-        intact = _xor(inner[:-1]) == inner[-1] and len(body) == props & 0x3FF
+        intact = xor8(inner[:-1]) == inner[-1] and len(body) == props & 0x3FF
         return _Header(msg_id, props, version, raw_id, serial, body, intact)
 
     def _decode(self, frame: bytes, session: Session) -> DecodeResult:
@@ -356,7 +352,7 @@ class Jt808Protocol(Protocol):
         if h.version is not None:
             out += bytes((h.version,))
         out += h.raw_id + (b"\x01" if short_serial else b"\x00\x00") + data
-        return b"\x7e" + escape(out + bytes((_xor(out),))) + b"\x7e"
+        return b"\x7e" + escape(out + bytes((xor8(out),))) + b"\x7e"
 
     def general_response(self, h: _Header, result: int = RESULT_SUCCESS) -> bytes:
         data = h.serial.to_bytes(2, "big") + h.msg_id.to_bytes(2, "big") + bytes((result,))
@@ -1505,7 +1501,7 @@ def encode_message(msg_id: int, device: str, serial: int, body: bytes) -> bytes:
     long_id = len(raw_id) == 10
     out = msg_id.to_bytes(2, "big") + (len(body) | (0x4000 if long_id else 0)).to_bytes(2, "big")
     out += (b"\x01" if long_id else b"") + raw_id + (serial & 0xFFFF).to_bytes(2, "big") + body
-    return b"\x7e" + escape(out + bytes((_xor(out),))) + b"\x7e"
+    return b"\x7e" + escape(out + bytes((xor8(out),))) + b"\x7e"
 
 
 def encode_login(device: str, sequence: int = 0) -> bytes:
@@ -1571,7 +1567,7 @@ def encode_batch(positions: list[Position], sequence: int = 0, buffered: bool = 
 def decode_reply(frame: bytes) -> tuple[int, int, bytes]:
     """A platform message's (message id, platform serial, body), from one framed reply."""
     inner = unescape(frame.strip(b"\x7e"))
-    if len(inner) < 13 or _xor(inner[:-1]) != inner[-1]:
+    if len(inner) < 13 or xor8(inner[:-1]) != inner[-1]:
         raise ValueError(f"jt808: not a platform message: {frame[:32].hex()}")
     props = int.from_bytes(inner[2:4], "big")
     offset = 4 + (1 if _bit(props, 14) else 0) + (10 if _bit(props, 14) else 6)

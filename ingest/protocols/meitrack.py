@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 
 from avl.records import Position
 from ingest.protocols.base import DecodeError, DecodeResult, FrameError, Protocol, Session, utc
+from ingest.protocols.reader import Reader, ShortFrame
 
 MEITRACK_EPOCH = utc(2000, 1, 1)
 _PHOTO_STATE = "meitrack.photo"
@@ -133,35 +134,19 @@ def build_frame(prefix: bytes, flag: bytes, imei: str, body: bytes) -> bytes:
     return head + tail + checksum(head + tail) + b"\r\n"
 
 
-@dataclass(slots=True)
-class _Reader:
-    """Bounds-checked little-endian reader (overruns raise IndexError)."""
+# A CCC record (52 bytes, the last 4 unused): event, lat, lon, time, valid, satellites, rssi, speed,
+# course, hdop, altitude, odometer, runtime, mcc, mnc, lac, cid, status, adc1, battery, power.
+_CCC_RECORD = struct.Struct("<BiiIBBBHHHhII8H")
 
-    data: bytes
-    pos: int = 0
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise IndexError(f"need {n} bytes at offset {self.pos}, have {len(self.data) - self.pos}")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
+def _reader(data: bytes) -> Reader:
+    return Reader(data, "meitrack", little=True)
 
-    def unpack(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        return struct.unpack("<" + fmt, self.take(size))[0]
 
-    def u8(self) -> int:
-        return int(self.unpack("B"))
-
-    def tag(self) -> int:
-        """A CCE parameter ID: one byte, or 0xFE plus one more (big-endian 0xFEnn)."""
-        first = self.u8()
-        return (first << 8) | self.u8() if first == 0xFE else first
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.pos
+def _tag(r: Reader) -> int:
+    """A CCE parameter ID: one byte, or 0xFE plus one more (big-endian 0xFEnn)."""
+    first = r.u8()
+    return (first << 8) | r.u8() if first == 0xFE else first
 
 
 @dataclass(slots=True)
@@ -221,6 +206,8 @@ class MeitrackProtocol(Protocol):
     def decode(self, frame: bytes, session: Session) -> DecodeResult:
         try:
             return self._decode(frame, session)
+        except ShortFrame as exc:  # its bytes are the binary body: name the frame instead
+            raise self.error(exc.message, frame) from None
         except DecodeError:
             raise
         except (IndexError, ValueError, struct.error, OverflowError) as exc:
@@ -351,20 +338,15 @@ class MeitrackProtocol(Protocol):
     # CCC ----------------------------------------------------------------------------
 
     def _decode_ccc(self, parsed: _Frame, frame: bytes, session: Session) -> DecodeResult:
-        reader = _Reader(parsed.body)
-        reader.take(8)  # protocol version, record size and counters
+        reader = _reader(parsed.body)
+        reader.skip(8)  # protocol version, record size and counters
         positions: list[Position] = []
-        while reader.left >= 52:
-            rec = _Reader(reader.take(52))
-            event = rec.u8()
-            lat, lon = rec.unpack("i") * 1e-6, rec.unpack("i") * 1e-6
-            fix_time = MEITRACK_EPOCH + timedelta(seconds=rec.unpack("I"))
-            valid = rec.u8() == 1
-            sats, rssi = rec.u8(), rec.u8()
-            speed, course, hdop, altitude = rec.unpack("H"), rec.unpack("H"), rec.unpack("H"), rec.unpack("h")
-            odometer, runtime = rec.unpack("I"), rec.unpack("I")
-            mcc, mnc, lac, cid = (rec.unpack("H") for _ in range(4))
-            status, adc1, battery, power = (rec.unpack("H") for _ in range(4))
+        while reader.remaining >= 52:
+            (event, lat_raw, lon_raw, seconds, fix, sats, rssi, speed, course, hdop, altitude, odometer, runtime,
+             mcc, mnc, lac, cid, status, adc1, battery, power) = reader.sub(52).unpack(_CCC_RECORD)
+            lat, lon = lat_raw * 1e-6, lon_raw * 1e-6
+            fix_time = MEITRACK_EPOCH + timedelta(seconds=seconds)
+            valid = fix == 1
             p = self.position(
                 session, fix_time, frame,
                 valid=valid, latitude=lat, longitude=lon, satellites=sats, speed_kmh=float(speed),
@@ -381,27 +363,27 @@ class MeitrackProtocol(Protocol):
     # CCE ----------------------------------------------------------------------------
 
     def _decode_cce(self, parsed: _Frame, frame: bytes, session: Session) -> DecodeResult:
-        reader = _Reader(parsed.body)
-        cached = reader.unpack("I")
-        count = reader.unpack("H")
+        reader = _reader(parsed.body)
+        cached = reader.u32()
+        count = reader.u16()
         positions: list[Position] = []
         for _ in range(count):
-            length = reader.unpack("H")
-            if length > reader.left:
-                raise self.error(f"CCE record length {length} exceeds the {reader.left} bytes left", frame)
-            record = _Reader(reader.take(length))
+            length = reader.u16()
+            if length > reader.remaining:
+                raise self.error(f"CCE record length {length} exceeds the {reader.remaining} bytes left", frame)
+            record = reader.sub(length)
             p = self._cce_record(record, frame, session)
             p.attributes["cacheRemaining"] = cached
             positions.append(p)
         return DecodeResult(positions)
 
-    def _cce_record(self, rec: _Reader, frame: bytes, session: Session) -> Position:
-        index = rec.unpack("H")
+    def _cce_record(self, rec: Reader, frame: bytes, session: Session) -> Position:
+        index = rec.u16()
         attrs: dict[str, Any] = {"index": index}
         fields: dict[str, Any] = {}
         fix_time: datetime | None = None
         for _ in range(rec.u8()):  # one-byte values
-            tag, value = rec.tag(), rec.u8()
+            tag, value = _tag(rec), rec.u8()
             if tag == 0x01:
                 attrs["event"] = value
             elif tag == 0x05:
@@ -424,8 +406,7 @@ class MeitrackProtocol(Protocol):
             elif tag == 0xFE69:
                 attrs["batteryLevel"] = value
         for _ in range(rec.u8()):  # two-byte values
-            tag, raw = rec.tag(), rec.take(2)
-            value = int.from_bytes(raw, "little")
+            tag, value = _tag(rec), rec.u16()
             if tag == 0x08:
                 fields["speed_kmh"] = float(value)
             elif tag == 0x09:
@@ -455,8 +436,7 @@ class MeitrackProtocol(Protocol):
             elif tag == 0xC9:
                 attrs["fuelConsumption"] = value
         for _ in range(rec.u8()):  # four-byte values
-            tag, raw = rec.tag(), rec.take(4)
-            value = int.from_bytes(raw, "little")
+            tag, value = _tag(rec), rec.u32()
             if tag == 0x02:
                 fields["latitude"] = _s32(value) * 1e-6
             elif tag == 0x03:
@@ -475,9 +455,9 @@ class MeitrackProtocol(Protocol):
                 attrs["fuelUsed"] = value * 0.001
             elif tag == 0xA2:
                 attrs["fuelConsumption"] = value * 0.01
-        if rec.left:
+        if rec.remaining:
             for _ in range(rec.u8()):  # variable-length values
-                tag = rec.tag()
+                tag = _tag(rec)
                 value_bytes = rec.take(rec.u8())
                 _cce_variable(attrs, tag, value_bytes)
         if "event" in attrs:
@@ -559,14 +539,14 @@ def _cce_variable(attrs: dict[str, Any], tag: int, value: bytes) -> None:
                 folder = f"{folder[:4]}-{folder[4:6]}-{folder[6:8]}"
             attrs["image"] = f"{folder}/{file}"
     elif tag == 0xFE73 and len(value) >= 2:  # BLE temperature/humidity tag
-        rec = _Reader(value)
+        rec = _reader(value)
         rec.u8()  # version
         attrs["tagName"] = rec.take(rec.u8()).decode("latin-1")
-        if rec.left >= 6 + 1 + 4:
-            rec.take(6)  # MAC
+        if rec.remaining >= 6 + 1 + 4:
+            rec.skip(6)  # MAC
             attrs["tagBattery"] = rec.u8()
-            attrs["tagTemp"] = rec.unpack("h") / 256.0
-            attrs["tagHumidity"] = rec.unpack("h") / 256.0
+            attrs["tagTemp"] = rec.i16() / 256.0
+            attrs["tagHumidity"] = rec.i16() / 256.0
     elif tag == 0xFEA8 and len(value) >= 6:  # up to three batteries: (present, level) pairs
         for k in range(3):
             if value[2 * k] > 0:

@@ -51,6 +51,7 @@ from datetime import UTC, datetime, timedelta
 
 from avl.records import Position
 from ingest.protocols.base import DecodeError, DecodeResult, Protocol, Session, text, utc
+from ingest.protocols.reader import Reader
 
 _ZIP = 0x02
 _DATE_FORMAT = "%Y%m%d%H:%M:%S"
@@ -85,10 +86,6 @@ _ALERT: dict[int, str] = {
 }
 
 
-class _Truncated(Exception):
-    """A binary report ended before a field it declares."""
-
-
 class _Fields:
     """A cursor over the ';'-separated values of a text report."""
 
@@ -112,28 +109,6 @@ class _Fields:
 
     def rest(self) -> list[str]:
         return self.values[self.index:]
-
-
-class _Reader:
-    """Big-endian reads over a binary report."""
-
-    def __init__(self, data: bytes, offset: int = 0) -> None:
-        self.data = data
-        self.offset = offset
-
-    def take(self, size: int) -> bytes:
-        end = self.offset + size
-        if end > len(self.data):
-            raise _Truncated(f"report ends at byte {len(self.data)}, a field needs {end}")
-        chunk = self.data[self.offset:end]
-        self.offset = end
-        return chunk
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def left(self) -> int:
-        return len(self.data) - self.offset
 
 
 # Small parsing helpers (Java parseInt / parseDouble semantics where it matters) ------------
@@ -264,8 +239,6 @@ class SuntechProtocol(Protocol):
                 positions = self._decode_text(frame, session)
         except DecodeError:
             raise
-        except _Truncated as exc:
-            raise self.error(f"truncated binary report: {exc}", frame) from None
         except (ValueError, IndexError, KeyError, OverflowError, struct.error) as exc:
             raise self.error(f"malformed report ({type(exc).__name__}: {exc})", frame) from None
         return DecodeResult(positions=positions, reply=None)
@@ -613,9 +586,9 @@ class SuntechProtocol(Protocol):
     # Binary -------------------------------------------------------------------------
 
     def _decode_binary(self, frame: bytes, session: Session) -> list[Position]:
-        reader = _Reader(frame)
-        report_type = reader.uint(1)
-        declared = reader.uint(2)
+        reader = Reader(frame, self.name)
+        report_type = reader.u8()
+        declared = reader.u16()
         if declared + 3 != len(frame):
             raise self.error(f"declared length {declared} does not match {len(frame) - 3} bytes", frame)
         self._identify(session, reader.take(5).hex(), frame)
@@ -624,100 +597,100 @@ class SuntechProtocol(Protocol):
         mask = reader.uint(3)
 
         if _bit(mask, 1):
-            reader.uint(1)  # model
+            reader.u8()  # model
         if _bit(mask, 2):
             major, minor, patch = reader.take(3)
             attributes["versionFw"] = f"{major}.{minor}.{patch}"
-        if _bit(mask, 3) and reader.uint(1) == 0:
+        if _bit(mask, 3) and reader.u8() == 0:
             attributes["archive"] = True
         if _bit(mask, 4) and _bit(mask, 5):
             year, month, day, hour, minute, second = reader.take(6)
             position.fix_time = utc(year, month, day, hour, minute, second)
         if _bit(mask, 6):
-            reader.uint(4)  # cell id
+            reader.u32()  # cell id
         if _bit(mask, 7):
-            reader.uint(2)  # mcc
+            reader.u16()  # mcc
         if _bit(mask, 8):
-            reader.uint(2)  # mnc
+            reader.u16()  # mnc
         if _bit(mask, 9):
-            reader.uint(2)  # lac
+            reader.u16()  # lac
         if _bit(mask, 10):
-            attributes["rssi"] = reader.uint(1)
-        latitude = _signed_magnitude(reader.uint(4)) / 1e6 if _bit(mask, 11) else None
-        longitude = _signed_magnitude(reader.uint(4)) / 1e6 if _bit(mask, 12) else None
+            attributes["rssi"] = reader.u8()
+        latitude = _signed_magnitude(reader.u32()) / 1e6 if _bit(mask, 11) else None
+        longitude = _signed_magnitude(reader.u32()) / 1e6 if _bit(mask, 12) else None
         if latitude is not None and longitude is not None:
             _set_location(position, latitude, longitude)
         if _bit(mask, 13):
-            position.speed_kmh = reader.uint(2) / 100
+            position.speed_kmh = reader.u16() / 100
         if _bit(mask, 14):
-            position.course = reader.uint(2) / 100
+            position.course = reader.u16() / 100
         if _bit(mask, 15):
-            position.satellites = reader.uint(1)
+            position.satellites = reader.u8()
         if _bit(mask, 16):
-            position.valid = reader.uint(1) > 0
+            position.valid = reader.u8() > 0
         if _bit(mask, 17):
-            inputs = reader.uint(1)
+            inputs = reader.u8()
             position.ignition = bool(inputs & 1)
             attributes["input"] = inputs
         if _bit(mask, 18):
-            attributes["output"] = reader.uint(1)
+            attributes["output"] = reader.u8()
         alert_id = 0
         if _bit(mask, 19):
-            alert_id = reader.uint(1)
+            alert_id = reader.u8()
             if report_type == 0x82:
                 position.alarm = _ALERT.get(alert_id)
         if _bit(mask, 20):
-            reader.uint(2)  # alert modifier
+            reader.u16()  # alert modifier
         if _bit(mask, 21) and alert_id == 59:
             attributes["driverUniqueId"] = reader.take(8).hex()
         return [position]
 
     def _decode_zip(self, frame: bytes, session: Session) -> list[Position]:
-        reader = _Reader(frame, 1)
-        declared = reader.uint(2)
+        reader = Reader(frame, self.name, pos=1)
+        declared = reader.u16()
         if declared + 4 != len(frame):
             raise self.error(f"declared length {declared} does not match {len(frame) - 4} bytes", frame)
-        if reader.uint(1) != 0x10:
+        if reader.u8() != 0x10:
             return []  # only the location report is defined
         self._identify(session, reader.take(5).hex()[:9], frame)
-        reader.uint(1)  # model
-        reader.uint(2)  # software version
+        reader.u8()  # model
+        reader.u16()  # software version
         position = self._record(session, frame)
         attributes = position.attributes
         year, month, day, hour, minute, second = reader.take(6)
         position.fix_time = utc(year, month, day, hour, minute, second)
-        reader.uint(2)  # lac
-        reader.uint(1)  # cell id
-        latitude = reader.uint(1) + _bcd(reader.take(3)) / 1e6
-        longitude = reader.uint(1) + _bcd(reader.take(3)) / 1e6
+        reader.u16()  # lac
+        reader.u8()  # cell id
+        latitude = reader.u8() + _bcd(reader.take(3)) / 1e6
+        longitude = reader.u8() + _bcd(reader.take(3)) / 1e6
         # The reference stores this pair unconverted; Suntech reports km/h everywhere.
-        position.speed_kmh = reader.uint(2) + _bcd(reader.take(1)) / 100
-        position.course = reader.uint(2) + _bcd(reader.take(1)) / 100
-        flags = reader.uint(1)
+        position.speed_kmh = reader.u16() + _bcd(reader.take(1)) / 100
+        position.course = reader.u16() + _bcd(reader.take(1)) / 100
+        flags = reader.u8()
         position.valid = _bit(flags, 7)
         if _bit(flags, 6):
             latitude = -latitude
         if _bit(flags, 5):
             longitude = -longitude
         _set_location(position, latitude, longitude)
-        position.odometer_m = reader.uint(4)
-        position.power_mv = _mv(reader.uint(1) + _bcd(reader.take(1)) / 100)
-        io = reader.uint(1)
+        position.odometer_m = reader.u32()
+        position.power_mv = _mv(reader.u8() + _bcd(reader.take(1)) / 100)
+        io = reader.u8()
         position.ignition = _bit(io, 0)
         for i in range(1, 4):
             attributes[f"in{i}"] = _bit(io, i)
         for i in range(1, 3):
             attributes[f"out{i}"] = _bit(io, i + 3)
-        attributes["event"] = reader.uint(1)
+        attributes["event"] = reader.u8()
         hbm = _option_int(session, "hbm")
-        if hbm == 1 and reader.left() >= 8:
-            attributes["hours"] = reader.uint(4)
-            position.battery_mv = reader.uint(2) * 1000  # the reference reads whole volts
-            if reader.uint(1) == 0:
+        if hbm == 1 and reader.remaining >= 8:
+            attributes["hours"] = reader.u32()
+            position.battery_mv = reader.u16() * 1000  # the reference reads whole volts
+            if reader.u8() == 0:
                 attributes["archive"] = True
-        elif hbm == 2 and reader.left() >= 11:
+        elif hbm == 2 and reader.remaining >= 11:
             reader.take(9)  # cid, mcc, mnc, rssi, lac
-            reader.uint(1)  # timing advance
+            reader.u8()  # timing advance
         return [position]
 
 

@@ -45,6 +45,8 @@ Decisions
       a DecodeError (no CRC protects UDP, so the length is the only integrity check).
     * Codec 12 camera (type 0x0D) photo transfer is not supported: such frames yield no record
       and no reply.
+    * A run of zero bytes (line noise, a broken modem) is skipped in one step, all but its last
+      7 bytes (where a frame's non-zero length could still begin), not one byte per ``split``.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, ClassVar
 
 from avl.records import Position
 from ingest.protocols.base import DecodeError, DecodeResult, Protocol, Session, crc16_ibm
+from ingest.protocols.reader import Reader
 
 CODEC_GH3000 = 0x07
 CODEC_8 = 0x08
@@ -85,54 +89,17 @@ FMB_MODELS = frozenset({
 _FM6_MODEL = re.compile(r"FM.6..")
 
 
-class _Short(Exception):
-    """Read past the end of the frame (turned into a DecodeError at the boundary)."""
-
-
-class _Reader:
-    """Big-endian cursor over a frame; every read checks its bounds."""
-
-    __slots__ = ("data", "pos", "end")
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    @property
-    def remaining(self) -> int:
-        return self.end - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise _Short(f"needs {n} bytes at offset {self.pos}, {max(self.remaining, 0)} left")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
-
-    def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def sint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big", signed=True)
-
-    def u8(self) -> int:
-        return self.uint(1)
-
-    def u16(self) -> int:
-        return self.uint(2)
-
-    def u32(self) -> int:
-        return self.uint(4)
-
-    def f32(self) -> float:
-        value: float = struct.unpack(">f", self.take(4))[0]
-        return value
-
-    def sub(self, n: int) -> _Reader:
-        start = self.pos
-        self.take(n)
-        return _Reader(self.data, start, start + n)
+# An AVL record's fixed part, one layout per codec: Unix ms, priority, lon, lat, altitude, course,
+# satellites, speed, event IO ID, [16: generation type], total IO count.
+_AVL_HEADER = {
+    CODEC_8: struct.Struct(">QBiihHBHBB"),
+    CODEC_8_EXT: struct.Struct(">QBiihHBHHH"),
+    CODEC_16: struct.Struct(">QBiihHBHHBB"),
+}
+# An IO element's value by its width in bytes: unsigned, the 16-byte ones as bytes.
+_VALUE_FORMAT = {1: "B", 2: "H", 4: "I", 8: "Q", 16: "16s"}
+_ZEROS = re.compile(rb"\x00*")
+_FRAME_START = re.compile(rb"[\x00\xff]")
 
 
 @dataclass(slots=True)
@@ -152,71 +119,79 @@ class _Record:
             self.alarms.append(name)
 
 
-# IO element handlers: (record, value bytes) -> None -------------------------------------------
+# IO element handlers: (record, value read unsigned, its width in bytes) -> None ----------------
 
-_Handler = Callable[[_Record, bytes], None]
-
-
-def _u(raw: bytes) -> int:
-    return int.from_bytes(raw, "big")
+_Handler = Callable[[_Record, int, int], None]
+_Convert = Callable[[int, int], Any]
 
 
-def _s(raw: bytes) -> int:
-    return int.from_bytes(raw, "big", signed=True)
+def _signed(value: int, width: int) -> int:
+    """An unsigned ``width``-byte value read as two's complement."""
+    bits = width * 8
+    return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def _attr(key: str, convert: Callable[[bytes], Any] = _u) -> _Handler:
-    def handler(rec: _Record, raw: bytes) -> None:
-        rec.attributes[key] = convert(raw)
-    return handler
+def _store(key: str, convert: _Convert | None, typed: bool) -> _Handler:
+    """A handler that stores the value (converted) under ``key``: in the record's typed fields
+    (``typed``) or its attributes."""
+    if convert is None:
+        def plain(rec: _Record, value: int, width: int) -> None:
+            (rec.fields if typed else rec.attributes)[key] = value
+        return plain
+
+    def converted(rec: _Record, value: int, width: int) -> None:
+        (rec.fields if typed else rec.attributes)[key] = convert(value, width)
+    return converted
+
+
+def _attr(key: str, convert: _Convert | None = None) -> _Handler:
+    return _store(key, convert, typed=False)
+
+
+def _typed(key: str, convert: _Convert | None = None) -> _Handler:
+    return _store(key, convert, typed=True)
 
 
 def _scaled(key: str, factor: float, signed: bool = False) -> _Handler:
-    def handler(rec: _Record, raw: bytes) -> None:
-        rec.attributes[key] = (_s(raw) if signed else _u(raw)) * factor
+    def handler(rec: _Record, value: int, width: int) -> None:
+        rec.attributes[key] = (_signed(value, width) if signed else value) * factor
     return handler
 
 
 def _flag(key: str) -> _Handler:
-    def handler(rec: _Record, raw: bytes) -> None:
-        rec.attributes[key] = _u(raw) > 0
-    return handler
-
-
-def _typed(key: str, convert: Callable[[bytes], Any] = _u) -> _Handler:
-    def handler(rec: _Record, raw: bytes) -> None:
-        rec.fields[key] = convert(raw)
+    def handler(rec: _Record, value: int, width: int) -> None:
+        rec.attributes[key] = value > 0
     return handler
 
 
 def _alarm_if_set(name: str) -> _Handler:
-    def handler(rec: _Record, raw: bytes) -> None:
-        if _u(raw) > 0:
+    def handler(rec: _Record, value: int, width: int) -> None:
+        if value > 0:
             rec.alarm(name)
     return handler
 
 
-def _driver_id(rec: _Record, raw: bytes) -> None:
-    value = int.from_bytes(raw, "little")  # iButton ID, least significant byte first
+def _driver_id(rec: _Record, value: int, width: int) -> None:
+    value = int.from_bytes(value.to_bytes(width, "big"), "little")  # iButton ID, least significant byte first
     if value:
         rec.attributes["driverUniqueId"] = f"{value:016X}"
 
 
-def _harsh(rec: _Record, raw: bytes) -> None:
-    name = {1: "hardAcceleration", 2: "hardBraking", 3: "hardCornering"}.get(_u(raw))
+def _harsh(rec: _Record, value: int, width: int) -> None:
+    name = {1: "hardAcceleration", 2: "hardBraking", 3: "hardCornering"}.get(value)
     if name:
         rec.alarm(name)
 
 
-def _io_speed(rec: _Record, raw: bytes) -> None:
-    rec.fields["speed_kmh"] = float(_u(raw))
+def _io_speed(rec: _Record, value: int, width: int) -> None:
+    rec.fields["speed_kmh"] = float(value)
 
 
 # IDs every model shares.
 _COMMON_IO: dict[int, _Handler] = {
     1: _flag("in1"), 2: _flag("in2"), 3: _flag("in3"), 4: _flag("in4"),
     16: _typed("odometer_m"),
-    17: _attr("axisX", _s), 18: _attr("axisY", _s), 19: _attr("axisZ", _s),
+    17: _attr("axisX", _signed), 18: _attr("axisY", _signed), 19: _attr("axisZ", _signed),
     21: _attr("rssi"),
     25: _scaled("bleTemp1", 0.01, True), 26: _scaled("bleTemp2", 0.01, True),
     27: _scaled("bleTemp3", 0.01, True), 28: _scaled("bleTemp4", 0.01, True),
@@ -225,10 +200,10 @@ _COMMON_IO: dict[int, _Handler] = {
     78: _driver_id,
     179: _flag("out1"), 180: _flag("out2"),
     181: _scaled("pdop", 0.1),
-    182: _typed("hdop", lambda raw: _u(raw) * 0.1),
+    182: _typed("hdop", lambda value, _: value * 0.1),
     199: _attr("tripOdometer"),
     236: _alarm_if_set("general"),
-    239: _typed("ignition", lambda raw: _u(raw) > 0),
+    239: _typed("ignition", lambda value, _: value > 0),
     240: _flag("motion"),
     241: _attr("operator"),
     253: _harsh,
@@ -237,11 +212,11 @@ _COMMON_IO: dict[int, _Handler] = {
 # IDs whose meaning the reference server gives only for the FMB/FMC/FMM/FMU family.
 _FMB_IO: dict[int, _Handler] = {
     9: _scaled("adc1", 0.001), 10: _scaled("adc2", 0.001),
-    11: _attr("iccid", lambda raw: str(_s(raw))),
+    11: _attr("iccid", lambda value, width: str(_signed(value, width))),
     12: _scaled("fuelUsed", 0.001), 13: _scaled("fuelConsumption", 0.01),
     24: _io_speed,
     30: _attr("faultCount"),
-    32: _attr("coolantTemp", _s),
+    32: _attr("coolantTemp", _signed),
     68: _scaled("batteryCurrent", 0.001),
     72: _scaled("temp1", 0.1, True), 73: _scaled("temp2", 0.1, True),
     74: _scaled("temp3", 0.1, True), 75: _scaled("temp4", 0.1, True),
@@ -263,7 +238,7 @@ _GH3000_IO: dict[int, _Handler] = {
     1: _attr("batteryLevel"),
     2: _flag("usbConnected"),
     5: _attr("uptime"),
-    20: _typed("hdop", lambda raw: _u(raw) * 0.1),
+    20: _typed("hdop", lambda value, _: value * 0.1),
     21: _scaled("vdop", 0.1),
     22: _scaled("pdop", 0.1),
     67: _typed("battery_mv"),
@@ -274,9 +249,9 @@ _GH3000_IO: dict[int, _Handler] = {
 }
 
 
-def _unknown_io(rec: _Record, io_id: int, raw: bytes) -> None:
+def _unknown_io(rec: _Record, io_id: int, value: int, width: int) -> None:
     # As the reference server: unsigned, except 8-byte values which it reads as a signed long.
-    rec.attributes[f"io{io_id}"] = _s(raw) if len(raw) == 8 else _u(raw)
+    rec.attributes[f"io{io_id}"] = _signed(value, 8) if width == 8 else value
 
 
 # Variable-length (codec 8E) elements -----------------------------------------------------------
@@ -291,7 +266,7 @@ def _java_trim(value: str) -> str:
     return value.strip("".join(chr(c) for c in range(33)))
 
 
-def _beacons(rec: _Record, data: _Reader) -> None:
+def _beacons(rec: _Record, data: Reader) -> None:
     data.u8()  # data part
     index = 1
     while data.remaining > 0:
@@ -304,7 +279,7 @@ def _beacons(rec: _Record, data: _Reader) -> None:
         else:
             rec.attributes[prefix + "Namespace"] = data.take(10).hex()
             rec.attributes[prefix + "Instance"] = data.take(6).hex()
-        rec.attributes[prefix + "Rssi"] = data.sint(1)
+        rec.attributes[prefix + "Rssi"] = data.i8()
         if flags & 0x02:
             rec.attributes[prefix + "Battery"] = data.u16() * 0.01
         if flags & 0x04:
@@ -312,7 +287,7 @@ def _beacons(rec: _Record, data: _Reader) -> None:
         index += 1
 
 
-def _ble_tags(rec: _Record, data: _Reader) -> None:
+def _ble_tags(rec: _Record, data: Reader) -> None:
     data.u8()  # header
     index = 1
     while data.remaining > 0:
@@ -322,9 +297,9 @@ def _ble_tags(rec: _Record, data: _Reader) -> None:
             param_id = tag.u8()
             value = tag.sub(tag.u8())
             if param_id == 0:
-                rec.attributes[prefix + "Rssi"] = value.sint(1)
+                rec.attributes[prefix + "Rssi"] = value.i8()
             elif param_id == 1:
-                rec.attributes[prefix + "Id"] = value.take(value.remaining).hex()
+                rec.attributes[prefix + "Id"] = value.rest().hex()
             elif param_id == 2:
                 flags = value.u8()
                 if flags & 0x40:
@@ -338,17 +313,17 @@ def _ble_tags(rec: _Record, data: _Reader) -> None:
         index += 1
 
 
-def _variable_io(rec: _Record, io_id: int, data: _Reader) -> None:
+def _variable_io(rec: _Record, io_id: int, data: Reader) -> None:
     if io_id == 256:
-        rec.attributes["vin"] = data.take(data.remaining).decode("ascii", "replace")
+        rec.attributes["vin"] = data.rest().decode("ascii", "replace")
     elif io_id == 281:
-        rec.attributes["dtcs"] = data.take(data.remaining).decode("ascii", "replace").replace(",", " ")
+        rec.attributes["dtcs"] = data.rest().decode("ascii", "replace").replace(",", " ")
     elif io_id == 385:
         _beacons(rec, data)
     elif io_id in (548, 10829, 10831):
         _ble_tags(rec, data)
     else:
-        rec.attributes[f"io{io_id}"] = data.take(data.remaining).hex()
+        rec.attributes[f"io{io_id}"] = data.rest().hex()
 
 
 # Record parsers --------------------------------------------------------------------------------
@@ -358,81 +333,92 @@ def _variable_io(rec: _Record, io_id: int, data: _Reader) -> None:
 class _Options:
     model: str | None
     extended: bool
+    fmb: bool  # a model of the FMB/FMC/FMM/FMU family: its own IO meanings apply
+    fm6: bool  # an FM6 model: IO 195/196 carry the driver ID
+    widths: tuple[int, ...]  # the IO groups' value widths, in order (16 bytes only when configured)
 
     @classmethod
     def of(cls, session: Session) -> _Options:
-        model = session.options.get("model")
+        raw = session.options.get("model")
+        model = str(raw) if raw else None
         extended = str(session.options.get("extended", "")).lower() in ("1", "true", "yes")
-        return cls(str(model) if model else None, extended)
+        return cls(model, extended, model in FMB_MODELS, bool(model and _FM6_MODEL.fullmatch(model)),
+                   (1, 2, 4, 8, 16) if extended else (1, 2, 4, 8))
 
 
-def _io_handler(io_id: int, codec: int, options: _Options) -> _Handler | None:
+@cache
+def _io_table(codec: int, fmb: bool) -> dict[int, _Handler]:
+    """IO ID -> handler for a codec and model family (the common IDs win over the FMB ones)."""
     if codec == CODEC_GH3000:
-        return _GH3000_IO.get(io_id)
-    handler = _COMMON_IO.get(io_id)
-    if handler is None and options.model in FMB_MODELS:
-        handler = _FMB_IO.get(io_id)
-    return handler
+        return _GH3000_IO
+    return {**_FMB_IO, **_COMMON_IO} if fmb else _COMMON_IO
 
 
-def _io_groups(rec: _Record, r: _Reader, codec: int, options: _Options, widths: Iterable[int]) -> None:
-    wide_count = codec == CODEC_8_EXT
-    wide_id = codec in (CODEC_8_EXT, CODEC_16)
-    for width in widths:
-        for _ in range(r.u16() if wide_count else r.u8()):
-            io_id = r.u16() if wide_id else r.u8()
-            raw = r.take(width)
-            handler = _io_handler(io_id, codec, options)
+@cache
+def _group_layouts(codec: int, widths: tuple[int, ...]) -> tuple[tuple[int, struct.Struct], ...]:
+    """(value width, layout of one (IO ID, value) element) per IO group, in order."""
+    id_format = ">H" if codec in (CODEC_8_EXT, CODEC_16) else ">B"
+    return tuple((width, struct.Struct(id_format + _VALUE_FORMAT[width])) for width in widths)
+
+
+def _io_groups(rec: _Record, r: Reader, codec: int, options: _Options, widths: tuple[int, ...]) -> None:
+    """The IO groups: each a count, then that many (ID, value) elements of one width, unpacked
+    in one call per group (a record's IO is most of its bytes and most of its decoding)."""
+    handlers = _io_table(codec, options.fmb)
+    count_of = r.u16 if codec == CODEC_8_EXT else r.u8
+    attributes = rec.attributes
+    for width, element in _group_layouts(codec, widths):
+        count = count_of()
+        if not count:
+            continue
+        if count == 1:
+            elements: Iterable[tuple[Any, ...]] = (r.unpack(element),)
+        else:
+            start = r.advance(count * element.size)
+            elements = element.iter_unpack(r.data[start:r.pos])
+        for io_id, value in elements:
             if width == 16:  # the optional 16-byte group: opaque values, kept as hex
-                rec.attributes[f"io{io_id}"] = raw.hex()
-            elif handler is None:
-                _unknown_io(rec, io_id, raw)
+                attributes[f"io{io_id}"] = value.hex()
+                continue
+            handler = handlers.get(io_id)
+            if handler is None:
+                _unknown_io(rec, io_id, value, width)
             else:
-                handler(rec, raw)
+                handler(rec, value, width)
 
 
-def _avl_record(r: _Reader, codec: int, options: _Options) -> _Record:
-    rec = _Record()
-    rec.fix_time = _EPOCH + timedelta(milliseconds=r.uint(8))
-    rec.attributes["priority"] = r.u8()
-    longitude = r.sint(4) / 1e7
-    latitude = r.sint(4) / 1e7
-    altitude = r.sint(2)
-    course = r.u16()
-    satellites = r.u8()
-    speed = r.u16()
-    rec.located = True
-    # Satellites 0 means no fix; coordinates outside the globe cannot be a fix either.
-    rec.valid = satellites != 0 and abs(latitude) <= 90 and abs(longitude) <= 180
-    rec.fields.update(latitude=latitude, longitude=longitude, altitude_m=float(altitude), course=float(course),
-                      satellites=satellites, speed_kmh=float(speed))
-    wide = codec in (CODEC_8_EXT, CODEC_16)
-    rec.attributes["event"] = r.u16() if wide else r.u8()
-    if codec == CODEC_16:
-        r.u8()  # generation type
-    if codec == CODEC_8_EXT:
-        r.u16()  # total IO count
-    else:
-        r.u8()
-    widths = [1, 2, 4, 8] + ([16] if options.extended else [])
-    _io_groups(rec, r, codec, options, widths)
+def _avl_record(r: Reader, codec: int, options: _Options) -> _Record:
+    millis, priority, lon, lat, altitude, course, satellites, speed, event = r.unpack(_AVL_HEADER[codec])[:9]
+    longitude = lon / 1e7
+    latitude = lat / 1e7
+    rec = _Record(
+        fix_time=_EPOCH + timedelta(0, 0, 0, millis),  # (days, s, µs, ms): positional is faster
+        located=True,
+        # Satellites 0 means no fix; coordinates outside the globe cannot be a fix either.
+        valid=satellites != 0 and abs(latitude) <= 90 and abs(longitude) <= 180,
+        fields={"latitude": latitude, "longitude": longitude, "altitude_m": float(altitude),
+                "course": float(course), "satellites": satellites, "speed_kmh": float(speed)},
+        attributes={"priority": priority, "event": event},
+    )
+    _io_groups(rec, r, codec, options, options.widths)
     if codec == CODEC_8_EXT:
         for _ in range(r.u16()):
             io_id = r.u16()
             _variable_io(rec, io_id, r.sub(r.u16()))
-    _model_fixups(rec, options)
+    if options.fm6:
+        _model_fixups(rec)
     return rec
 
 
-def _model_fixups(rec: _Record, options: _Options) -> None:
-    if options.model and _FM6_MODEL.fullmatch(options.model):
-        msb, lsb = rec.attributes.get("io195"), rec.attributes.get("io196")
-        if isinstance(msb, int) and isinstance(lsb, int):
-            driver = struct.pack(">qq", msb, lsb).decode("latin-1")
-            rec.attributes["driverUniqueId"] = driver
+def _model_fixups(rec: _Record) -> None:
+    """FM6 models send the driver ID as text in the 8-byte IO elements 195 and 196."""
+    msb, lsb = rec.attributes.get("io195"), rec.attributes.get("io196")
+    if isinstance(msb, int) and isinstance(lsb, int):
+        driver = struct.pack(">qq", msb, lsb).decode("latin-1")
+        rec.attributes["driverUniqueId"] = driver
 
 
-def _gh3000_record(r: _Reader, options: _Options) -> _Record:
+def _gh3000_record(r: Reader, options: _Options) -> _Record:
     rec = _Record()
     seconds = (r.u32() & 0x3FFFFFFF) + _GH3000_EPOCH
     rec.fix_time = _EPOCH + timedelta(seconds=seconds)
@@ -463,7 +449,7 @@ def _gh3000_record(r: _Reader, options: _Options) -> _Record:
         if location_mask & 0x80:
             rec.attributes["operator"] = r.u32()
         rec.valid = rec.located and satellites != 0
-    widths = [w for bit, w in ((0x02, 1), (0x04, 2), (0x08, 4)) if global_mask & bit]
+    widths = tuple(w for bit, w in ((0x02, 1), (0x04, 2), (0x08, 4)) if global_mask & bit)
     _io_groups(rec, r, CODEC_GH3000, options, widths)
     # Without a location the reference server keeps the record only when it carries attributes.
     rec.keep = rec.located or bool(rec.attributes or rec.fields or rec.alarms)
@@ -474,7 +460,7 @@ def _text_or_hex(data: bytes) -> str:
     return _java_trim(data.decode("ascii")) if _printable(data) else data.hex()
 
 
-def _codec12_record(r: _Reader) -> _Record:
+def _codec12_record(r: Reader) -> _Record:
     rec = _Record()
     kind = r.u8()
     data = r.take(r.u32())
@@ -498,7 +484,7 @@ def _codec12_record(r: _Reader) -> _Record:
     return rec
 
 
-def _codec13_record(r: _Reader) -> _Record:
+def _codec13_record(r: Reader) -> _Record:
     rec = _Record()
     r.u8()  # type
     length = r.u32() - 4
@@ -513,7 +499,7 @@ def _codec13_record(r: _Reader) -> _Record:
     return rec
 
 
-def _record(r: _Reader, codec: int, options: _Options) -> _Record:
+def _record(r: Reader, codec: int, options: _Options) -> _Record:
     if codec == CODEC_12:
         return _codec12_record(r)
     if codec == CODEC_13:
@@ -553,7 +539,7 @@ class TeltonikaProtocol(Protocol):
             return None, 1
         length = int.from_bytes(buffer[4:8], "big")
         if length < 3:  # codec, count and count2 at least
-            return None, 1
+            return None, _zeros_run(buffer)
         size = 12 + length
         if size > self.max_frame:
             raise self.too_long(buffer)
@@ -566,8 +552,6 @@ class TeltonikaProtocol(Protocol):
             return self._decode_tcp(frame, session)
         except DecodeError:
             raise
-        except _Short as exc:
-            raise self.error(f"truncated frame: {exc}", frame) from None
         except (ValueError, IndexError, OverflowError, struct.error, UnicodeDecodeError) as exc:
             raise self.error(f"malformed frame: {exc}", frame) from None
 
@@ -585,7 +569,7 @@ class TeltonikaProtocol(Protocol):
         if frame[:4] != _PREAMBLE:
             raise self.error("data frame does not start with 4 zero bytes", frame)
         declared = int.from_bytes(frame[4:8], "big")
-        r = _Reader(frame, 8)
+        r = Reader(frame, self.name, pos=8)
         codec, count, records = self._records(r, frame, session)
         intact = declared == len(frame) - 12
         if r.remaining >= 5:
@@ -614,7 +598,7 @@ class TeltonikaProtocol(Protocol):
     # UDP -----------------------------------------------------------------------------------------
 
     def _decode_udp(self, frame: bytes, session: Session) -> DecodeResult:
-        r = _Reader(frame)
+        r = Reader(frame, self.name)
         length = r.u16()
         packet_id = r.take(2)
         r.u8()  # packet type ("not usable" byte, 01)
@@ -633,36 +617,45 @@ class TeltonikaProtocol(Protocol):
 
     # Shared ----------------------------------------------------------------------------------------
 
-    def _records(self, r: _Reader, frame: bytes, session: Session) -> tuple[int, int, list[_Record]]:
+    def _records(self, r: Reader, frame: bytes, session: Session) -> tuple[int, int, list[_Record]]:
         codec = r.u8()
         if codec not in ALL_CODECS:
             raise self.error(f"unsupported codec 0x{codec:02X}", frame)
         count = r.u8()
         options = _Options.of(session)
+        if codec in (CODEC_8, CODEC_8_EXT, CODEC_16):
+            return codec, count, [_avl_record(r, codec, options) for _ in range(count)]
         return codec, count, [_record(r, codec, options) for _ in range(count)]
 
     def _positions(self, records: list[_Record], session: Session, frame: bytes, intact: bool) -> list[Position]:
+        kept = [rec for rec in records if rec.keep]
+        if not kept:
+            return []
+        device, name = self.identified(session, frame), self.name
         positions: list[Position] = []
-        for rec in records:
-            if not rec.keep:
-                continue
+        for rec in kept:
             if not intact:
                 rec.attributes["crcMismatch"] = True
             fix_time = rec.fix_time if rec.fix_time is not None else session.now()
-            fields = dict(rec.fields)
-            if rec.alarms:
-                fields["alarm"] = ",".join(rec.alarms)
-            position = self.position(session, fix_time, frame, valid=rec.valid, attributes=rec.attributes, **fields)
-            positions.append(position)
+            positions.append(Position(device=device, fix_time=fix_time, protocol=name, valid=rec.valid,
+                                      alarm=",".join(rec.alarms) if rec.alarms else None, attributes=rec.attributes,
+                                      raw=frame, **rec.fields))
         return positions
 
 
 def _garbage_run(buffer: bytes) -> int:
     """How many leading bytes cannot start a frame (a frame starts with 00 or FF)."""
-    for i, b in enumerate(buffer):
-        if b in (0x00, 0xFF):
-            return max(i, 1)
-    return len(buffer)
+    start = _FRAME_START.search(buffer)
+    return len(buffer) if start is None else max(start.start(), 1)
+
+
+def _zeros_run(buffer: bytes) -> int:
+    """How many leading bytes of a buffer that starts with a data frame of impossible length
+    (00 00 00 00, then a length below 3) cannot start a frame. Within a run of n zero bytes,
+    the first n - 7 are each followed by 4 zero bytes and a zero length, so none starts a frame
+    (skipped in one step: one at a time, 64 KiB of zeros took ~80 ms of the event loop)."""
+    run = _ZEROS.match(buffer)
+    return max((run.end() if run else 0) - 7, 1)
 
 
 # Encoders (device simulator) ---------------------------------------------------------------------

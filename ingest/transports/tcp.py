@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import typing
 from collections import Counter
+from collections.abc import Callable
 
 from ingest import metrics
 from ingest.intake import Intake
@@ -49,10 +51,20 @@ LINGER_S = 2.0
 LINGER_MAX_BYTES = 32 << 20
 
 
+class SourceSlots(typing.Protocol):
+    """Connections per source address counted across the ingest processes of a host (see
+    ``ingest.processes.SharedSourceCounts``), so the limit is the host's, not each process's."""
+
+    def admit(self, key: str, source: str, limit: int) -> bool: ...
+
+    def leave(self, key: str, source: str) -> None: ...
+
+
 class TcpListener:
     def __init__(self, protocol: Protocol, intake: Intake, host: str, port: int, *, transport: str = "tcp",
                  idle_timeout_s: float = 600.0, max_frame: int = 65536, max_per_source: int = 256,
-                 write_timeout_s: float = 30.0, proxy_protocol: bool = False, allow: list[str] | None = None) -> None:
+                 write_timeout_s: float = 30.0, proxy_protocol: bool = False, allow: list[str] | None = None,
+                 slots: SourceSlots | None = None) -> None:
         self.protocol = protocol
         self.intake = intake
         self.host = host
@@ -65,6 +77,7 @@ class TcpListener:
         self.proxy_protocol = proxy_protocol
         self.gate = SourceGate(protocol.name, transport, allow or [])
         self.per_source: Counter[str] = Counter()
+        self.slots = slots
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -108,10 +121,11 @@ class TcpListener:
             self._connections.discard(task)
             writer.close()
             return
-        if self.per_source[source] >= self.max_per_source:
+        if (self.per_source[source] >= self.max_per_source if self.slots is None
+                else not self.slots.admit(self.protocol.name, source, self.max_per_source)):
             metrics.REFUSED.labels(self.protocol.name, "per_source_limit").inc()
             log.warning("%s: refusing connection from %s: %s connections already open", self.protocol.name, source,
-                        self.per_source[source])
+                        self.max_per_source)
             self._connections.discard(task)
             writer.close()
             return
@@ -125,6 +139,10 @@ class TcpListener:
             pass
         except TimeoutError:
             log.debug("%s %s: idle or slow reader, closing", self.protocol.name, session.remote)
+        except asyncio.CancelledError:
+            # Only ``close`` cancels a connection. Ended quietly: on Python 3.11 the stream's own done
+            # callback calls ``exception()`` on a cancelled task and logs a traceback for it.
+            pass
         except FrameError as exc:
             metrics.REFUSED.labels(self.protocol.name, "frame_cut").inc()
             log.info("%s %s: %s; closing", self.protocol.name, session.remote, exc)
@@ -134,6 +152,8 @@ class TcpListener:
             self.per_source[source] -= 1
             if self.per_source[source] <= 0:
                 del self.per_source[source]
+            if self.slots is not None:
+                self.slots.leave(self.protocol.name, source)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -155,6 +175,14 @@ class TcpListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session,
                      first: bytes = b"") -> None:
+        loop = asyncio.get_running_loop()
+        # One timer per connection, moved at each read (a wait_for per read costs a task per read).
+        async with asyncio.timeout(None) as idle:
+            await self._stream(reader, writer, session, first, lambda s: idle.reschedule(
+                None if s is None else loop.time() + s))
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session,
+                      first: bytes, idle: Callable[[float | None], None]) -> None:
         buffer = b""
         http = self.transport == "http"
         pending_first = first
@@ -163,7 +191,9 @@ class TcpListener:
             if pending_first:
                 chunk, pending_first = pending_first, b""
             else:
-                chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout_s)
+                idle(self.idle_timeout_s)
+                chunk = await reader.read(65536)
+                idle(None)  # waiting for our own ACKs is not the device's silence
             if not chunk:
                 return
             buffer += chunk
@@ -198,23 +228,30 @@ class TcpListener:
             if len(buffer) > self.max_frame:
                 raise FrameError(self.protocol.name, f"no complete frame within {self.max_frame} bytes", buffer[:64])
             close = False
+            out: list[bytes] = []  # replies due, in order: one write for all that are ready together
             for pending in pendings:
                 if (pending.refused or "").startswith(_CLOSING):
                     close = True  # another device's identity, or no password: it is not trusted any more
+                if out and pending.future is not None and not pending.future.done():
+                    writer.write(b"".join(out))  # what is durable goes out before waiting for the rest
+                    out.clear()
                 if await pending.accepted():
                     if pending.reply:
-                        writer.write(pending.reply)
+                        out.append(pending.reply)
                         close = close or (http and b"\r\nConnection: close" in pending.reply.split(b"\r\n\r\n", 1)[0])
                     continue
                 if pending.retry:  # other refusals are counted where they are decided (intake)
                     metrics.REFUSED.labels(self.protocol.name, "not_durable").inc()
                 log.debug("%s %s: not acknowledged: %s", self.protocol.name, session.remote, pending.refused)
                 if pending.denial and (pending.refused or "").startswith("password"):
-                    writer.write(pending.denial)  # the protocol's "wrong password" answer, then the close
+                    out.append(pending.denial)  # the protocol's "wrong password" answer, then the close
                 if http:
-                    writer.write(_HTTP_REFUSED[_http_reason(pending.refused or "")])
-            if pendings:
-                await asyncio.wait_for(writer.drain(), self.write_timeout_s)
+                    out.append(_HTTP_REFUSED[_http_reason(pending.refused or "")])
+            if out:
+                writer.write(b"".join(out))
+            if pendings and writer.transport.get_write_buffer_size():  # else nothing is waiting to go out
+                async with asyncio.timeout(self.write_timeout_s):
+                    await writer.drain()
             if close:
                 await _end(reader, writer)
                 return

@@ -307,7 +307,8 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     problems = [line for line in (out.stdout + out.stderr).splitlines() if "avl" in line]
     assert out.returncode == 0 and not problems, out.stdout + out.stderr
     # Per-process settings go through env(1) on the command line: EnvironmentFile= would override Environment=.
-    for template, keys in (("avl-ingest@.service", PER_PROCESS - {"AVL_API_PORT"}),
+    # Each ingest unit is one process (its own metrics port and spool): AVL_INGEST_PROCESSES=1.
+    for template, keys in (("avl-ingest@.service", PER_PROCESS - {"AVL_API_PORT"} | {"AVL_INGEST_PROCESSES"}),
                            ("avl-api@.service", {"AVL_API_PORT", "AVL_DATA_DIR"})):
         text = (DEPLOY / "debian" / "systemd" / template).read_text()
         exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))

@@ -91,7 +91,7 @@ async def test_two_ingest_processes_share_ports_and_subscription_and_store_every
             AVL_MQTT_CLIENT_ID=f"{group}-{i}", AVL_DATA_DIR=str(tmp_path / f"ingest-{i}"),
             AVL_METRICS_PORT=str(metrics_port), AVL_API_HOST="127.0.0.1", AVL_INGEST_HOST="127.0.0.1",
             AVL_PROTOCOLS=",".join(ports), AVL_PORTS=json.dumps(ports), AVL_LOG_LEVEL="INFO",
-            AVL_BATCH_MAX_MS="5")
+            AVL_BATCH_MAX_MS="5", AVL_INGEST_PROCESSES="1")  # one worker each, as one per container
         procs.append(AvlProcess(f"ingest-{i}", "ingest", env, tmp_path / f"ingest-{i}.log"))
     try:
         for p in procs:

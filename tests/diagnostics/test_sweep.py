@@ -4,14 +4,17 @@ platform incident; only one worker sweeps at a time."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
 
+from avl.admin import DeviceSpec, add_device
 from diagnostics.service import Worker
-from diagnostics.sweep import classify, sweep
-from tests.diagnostics.harness import provision, reports, send_gl200, tickets
+from diagnostics.sweep import Sweeper, classify, sweep
+from tests.diagnostics.harness import provision, reports, send_gl200, set_status, tickets
 from tests.ingest.harness import running_ingest, settings_for
 
 
@@ -158,3 +161,112 @@ async def test_no_storm_is_declared_while_terminals_reconnect_after_ingest_resta
             await worker.close()
     (incident,) = tickets(db_url)
     assert incident["category"] == "platform_incident"
+
+
+# The worker keeps what devices are expected to do in memory and re-reads only the devices that changed:
+# after every kind of change, its sweep finds exactly what a full sweep of the same moment finds.
+SWEEP: dict[str, Any] = {"silent_factor": 3.0, "storm_share": 0.9, "storm_min": 1000, "parked_interval_s": 600.0}
+
+
+def _heard(conn: psycopg.Connection, device_id: int, seconds_ago: float, *, parked: bool = False) -> None:
+    """The device's latest report arrived ``seconds_ago``, made parked (ignition off) or driving."""
+    conn.execute(
+        "INSERT INTO latest_positions (device_id, fix_time, received_at, last_received_at, valid, latitude, longitude,"
+        " ignition, speed_kmh) VALUES (%(d)s, now() - make_interval(secs => %(s)s), now(),"
+        " now() - make_interval(secs => %(s)s), true, 10.5, -66.9, %(on)s, %(v)s) ON CONFLICT (device_id) DO UPDATE"
+        " SET fix_time = EXCLUDED.fix_time, last_received_at = EXCLUDED.last_received_at, ignition = EXCLUDED.ignition,"
+        " speed_kmh = EXCLUDED.speed_kmh", {"d": device_id, "s": seconds_ago, "on": not parked, "v": 0 if parked else 40})
+
+
+async def _agree(sweeper: Sweeper, conn: psycopg.AsyncConnection, *, full: bool) -> set[int]:
+    now = time.time()
+    kept = await sweeper.sweep(conn, now=now, **SWEEP)
+    fresh = await sweep(conn, now=now, **SWEEP)
+    assert kept.full is full
+    assert (kept.devices, kept.active, kept.newly_silent) == (fresh.devices, fresh.active, fresh.newly_silent)
+    assert sorted(kept.silent.tolist()) == sorted(fresh.silent.tolist())
+    return set(kept.silent.tolist())
+
+
+async def test_an_incremental_sweep_finds_what_a_full_one_finds_after_each_kind_of_change(db_url: str) -> None:
+    ids = provision(db_url, devices=[{"identifier": f"86217003{i:07d}", "protocol": "gl200", "interval": 30}
+                                     for i in range(6)])
+    ids |= provision(db_url, account="Flota Morosa", devices=[{"identifier": f"86217004{i:07d}", "protocol": "gl200",
+                                                               "interval": 30} for i in range(3)])
+    d = [ids[f"86217003{i:07d}"] for i in range(6)]
+    other = [ids[f"86217004{i:07d}"] for i in range(3)]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for device in d[:3] + other:
+            _heard(conn, device, 200)  # silent: 200 s > 3 x 30 s
+        _heard(conn, d[3], 10)
+        _heard(conn, d[4], 200, parked=True)  # parked: 200 s < 3 x 600 s
+    sweeper = Sweeper()
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+        assert await _agree(sweeper, aconn, full=True) == {*d[:3], *other}
+        assert await _agree(sweeper, aconn, full=False) == {*d[:3], *other}  # nothing changed
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            _heard(conn, d[0], 5)  # reports again
+        assert await _agree(sweeper, aconn, full=False) == {*d[1:3], *other}
+        with psycopg.connect(db_url, autocommit=True) as conn:  # a new device, heard from 300 s ago
+            new = add_device(conn, DeviceSpec(identifier="862170039999999", protocol="gl200", account="Flota Diagnóstico",
+                                              report_interval_s=30))["id"]
+            _heard(conn, new, 300)
+        assert await _agree(sweeper, aconn, full=False) == {*d[1:3], *other, new}
+        with psycopg.connect(db_url, autocommit=True) as conn:  # a checklist run learned d[4]'s parked cadence
+            conn.execute("INSERT INTO device_cadence (device_id, moving_interval_s, parked_interval_s, moving_samples,"
+                         " parked_samples) VALUES (%s, 30, 40, 50, 50)", (d[4],))
+        assert d[4] in await _agree(sweeper, aconn, full=False)  # 200 s > 3 x 40 s
+        set_status(db_url, "Flota Morosa", "suspend")
+        assert not set(other) & await _agree(sweeper, aconn, full=False)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE devices SET line_status = 'suspended' WHERE id = %s", (d[1],))
+            conn.execute("UPDATE devices SET report_interval_s = 120 WHERE id = %s", (d[2],))  # 200 s < 3 x 120 s
+        assert await _agree(sweeper, aconn, full=False) == {d[4], new}
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE devices SET parked_interval_s = 3600 WHERE id = %s", (d[4],))  # declared: it wins
+            conn.execute("UPDATE devices SET account_id = NULL WHERE id = %s", (new,))
+        assert await _agree(sweeper, aconn, full=False) == set()
+        set_status(db_url, "Flota Morosa", "reconnect")
+        await _agree(sweeper, aconn, full=False)
+
+
+async def test_a_sweeper_reads_everything_again_once_another_has_swept(db_url: str) -> None:
+    ids = provision(db_url, devices=[{"identifier": f"86217005{i:07d}", "protocol": "gl200", "interval": 30}
+                                     for i in range(3)])
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for device in ids.values():
+            _heard(conn, device, 200)
+    first, second = Sweeper(), Sweeper()  # the sweep moves to another worker, and back
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+        assert await _agree(first, aconn, full=True) == set(ids.values())
+        assert await _agree(second, aconn, full=True) == set(ids.values())
+        set_status(db_url, "Flota Diagnóstico", "suspend")
+        assert await _agree(second, aconn, full=False) == set()  # the other one has taken this change from the log
+        assert await _agree(first, aconn, full=True) == set()
+
+
+async def test_a_change_is_read_at_the_next_sweep_once_and_a_truncate_reads_everything_again(db_url: str) -> None:
+    ids = provision(db_url, devices=[{"identifier": f"86217006{i:07d}", "protocol": "gl200", "interval": 30}
+                                     for i in range(3)])
+    d = sorted(ids.values())
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for device in d:
+            _heard(conn, device, 200)
+    sweeper = Sweeper()
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+        first = await sweeper.sweep(aconn, **SWEEP)
+        assert first.full and first.figures["changed_devices"] >= 3  # the first sweep reads everything
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE devices SET report_interval_s = 120 WHERE id = %s", (d[0],))
+        changed = await sweeper.sweep(aconn, **SWEEP)
+        assert not changed.full and changed.figures["changed_devices"] == 1
+        assert d[0] not in set(changed.silent.tolist())  # 200 s < 3 x 120 s
+        after = await sweeper.sweep(aconn, **SWEEP)
+        assert not after.full and after.figures["changed_devices"] == 0  # read once, not again
+        assert set(after.silent.tolist()) == set(changed.silent.tolist())
+        with psycopg.connect(db_url, autocommit=True) as conn:  # no rows to log: the sweeper forgets
+            conn.execute("INSERT INTO device_cadence (device_id, moving_interval_s, parked_interval_s, moving_samples,"
+                         " parked_samples) VALUES (%s, 30, 40, 50, 50)", (d[1],))
+            conn.execute("TRUNCATE device_cadence")
+        assert await _agree(sweeper, aconn, full=True) == {d[1], d[2]}
+        assert await _agree(sweeper, aconn, full=False) == {d[1], d[2]}

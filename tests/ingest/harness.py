@@ -86,6 +86,32 @@ async def exchange(port: int, frames: list[bytes], expect: list[int], wait_s: fl
     return replies
 
 
+async def http_status(port: int, request: bytes) -> bytes:
+    """The response's status line, or b"" when the server closed without answering."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def closed_unanswered(port: int, data: bytes) -> bool:
+    """True when the server closes the connection after ``data`` without a byte of answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionError:
+        return True
+    finally:
+        writer.close()
+
+
 async def udp_exchange(port: int, datagram: bytes, wait_s: float = 10.0) -> bytes | None:
     """Sends one datagram from a new socket; the first reply, or None when none came within ``wait_s``."""
     loop = asyncio.get_running_loop()

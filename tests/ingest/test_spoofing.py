@@ -19,8 +19,10 @@ from avl.records import Position
 from ingest import metrics
 from ingest.protocols import calamp, gl200, gt06, osmand
 from tests.ingest.harness import (
+    closed_unanswered,
     eventually,
     exchange,
+    http_status,
     proxy_v2,
     register,
     running_ingest,
@@ -37,38 +39,13 @@ def _count(counter: object, *labels: str) -> float:
     return counter.labels(*labels)._value.get()  # type: ignore[attr-defined]  # noqa: SLF001
 
 
-async def _http(port: int, request: bytes) -> bytes:
-    """The response's status line, or b"" when the server closed without answering."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readline(), 10)
-    except ConnectionError:
-        return b""
-    finally:
-        writer.close()
-
-
-async def _closed_unanswered(port: int, data: bytes) -> bool:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10) == b""
-    except ConnectionError:
-        return True
-    finally:
-        writer.close()
-
-
 def _set_password(database_url: str, device_id: int, password: str | None) -> None:
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE devices SET password_sha256 = sha256(convert_to(%s, 'UTF8')) WHERE id = %s",
                      (password, device_id))
 
 
-async def test_sources_outside_the_allowed_networks_get_nothing_on_tcp_udp_and_http(
+async def test_sources_outside_the_allowed_networks_get_nothing_on_tcp_udp_andhttp_status(
         db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ids = register(db_url, [(IMEI, "gt06"), (ESN, "calamp"), (PHONE, "osmand")])
     labels = [("gt06", "tcp"), ("calamp", "udp"), ("osmand", "http")]
@@ -77,8 +54,8 @@ async def test_sources_outside_the_allowed_networks_get_nothing_on_tcp_udp_and_h
     # The tests connect from 127.0.0.1: outside the carrier's private range.
     async with running_ingest(settings_for(tmp_path, ingest_allow=["10.0.0.0/8"]), db_url) as svc:
         login_and_report = gt06.encode_login(IMEI) + gt06.encode_position(track(IMEI, 1)[0], 2)
-        tcp_closed = [await _closed_unanswered(svc.tcp["gt06"].port, login_and_report) for _ in range(3)]
-        http = await _http(svc.tcp["osmand"].port, osmand.encode_position(track(PHONE, 1)[0]))
+        tcp_closed = [await closed_unanswered(svc.tcp["gt06"].port, login_and_report) for _ in range(3)]
+        http = await http_status(svc.tcp["osmand"].port, osmand.encode_position(track(PHONE, 1)[0]))
         udp = await udp_exchange(svc.udp["calamp"].port, calamp.encode_position(track(ESN, 1)[0], 5), wait_s=1.5)
     refused = [_count(metrics.REFUSED_SOURCES, *x) - b for x, b in zip(labels, before, strict=True)]
     logged = [r for r in caplog.records if "not in the allowed networks" in r.getMessage() and "gt06" in r.getMessage()]
@@ -103,9 +80,9 @@ async def test_the_allowlist_checks_the_device_address_behind_the_proxy_protocol
         # The balancer (127.0.0.1) is not in the list; the device behind it is.
         acks = await exchange(port, [proxy_v2("10.20.30.40", 40001) + gt06.encode_login(IMEI),
                                      gt06.encode_position(report, 2)], [10, 10])
-        forged = await _closed_unanswered(port, proxy_v2("203.0.113.9", 40002) + gt06.encode_login(IMEI))
+        forged = await closed_unanswered(port, proxy_v2("203.0.113.9", 40002) + gt06.encode_login(IMEI))
         # Phones report from the internet: osmand's own (empty) list lets everyone in.
-        phone = await _http(svc.tcp["osmand"].port,
+        phone = await http_status(svc.tcp["osmand"].port,
                             proxy_v2("203.0.113.9", 40003) + osmand.encode_position(track(PHONE, 1)[0]))
     print(f"\nbehind PROXY: device 10.20.30.40 acked {[a.hex() for a in acks]}, 203.0.113.9 closed {forged},"
           f" phone from 203.0.113.9 answered {phone!r}")
@@ -123,21 +100,21 @@ async def test_a_phone_with_a_password_must_send_it(db_url: str, tmp_path: Path)
     refused_before = _count(metrics.REFUSED, "osmand", "password")
     async with running_ingest(settings_for(tmp_path), db_url) as svc:
         port = svc.tcp["osmand"].port
-        assert (await _http(port, osmand.encode_position(p1))).startswith(b"HTTP/1.1 200")
+        assert (await http_status(port, osmand.encode_position(p1))).startswith(b"HTTP/1.1 200")
         _set_password(db_url, ids[PHONE], "s3cret-Phone")  # ingest hears of it at once (NOTIFY)
         deadline = asyncio.get_running_loop().time() + 10
         without = b""
         while not without.startswith(b"HTTP/1.1 401") and asyncio.get_running_loop().time() < deadline:
-            without = await _http(port, osmand.encode_position(p2))
+            without = await http_status(port, osmand.encode_position(p2))
             await asyncio.sleep(0.05)
-        wrong = await _http(port, osmand.encode_position(p2).replace(b" HTTP/1.1", b"&password=guess HTTP/1.1"))
-        right = await _http(port, osmand.encode_position(p2).replace(b" HTTP/1.1", b"&password=s3cret-Phone HTTP/1.1"))
+        wrong = await http_status(port, osmand.encode_position(p2).replace(b" HTTP/1.1", b"&password=guess HTTP/1.1"))
+        right = await http_status(port, osmand.encode_position(p2).replace(b" HTTP/1.1", b"&password=s3cret-Phone HTTP/1.1"))
         # HTTP Basic credentials (what a client configured with https://id:password@host/ sends) work too.
-        basic = await _http(port, osmand.encode_position(p3).replace(
+        basic = await http_status(port, osmand.encode_position(p3).replace(
             b"Host: x\r\n", b"Host: x\r\nAuthorization: Basic cGhvbmUtNzpzM2NyZXQtUGhvbmU=\r\n"))
         # A form POST carries it in the body.
         form = f"id={PHONE}&lat=10.49&lon=-66.88&timestamp={int(p4.fix_time.timestamp())}&password=s3cret-Phone"
-        posted = await _http(port, (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        posted = await http_status(port, (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                                     f"Content-Length: {len(form)}\r\n\r\n{form}").encode())
     refusals = _count(metrics.REFUSED, "osmand", "password") - refused_before
     print(f"\nosmand with a password: none {without!r}, wrong {wrong!r}, right {right!r}, Basic {basic!r},"

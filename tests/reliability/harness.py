@@ -45,10 +45,21 @@ def raise_nofile(wanted: int) -> int:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+    return found
 
 
 class IngestProcess:
@@ -120,11 +131,20 @@ class IngestProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def pids(self) -> list[int]:
+        """The supervisor and its worker processes (`avl ingest` runs ``AVL_INGEST_PROCESSES``)."""
+        return [self.pid, *_children(self.pid)]
+
+    def signal_all(self, sig: int) -> None:
+        """``sig`` to `avl ingest` and its workers (its own process group: ``start_new_session``)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flushing, no goodbye."""
+        """SIGKILL to every ingest process: no shutdown, no flushing, no goodbye."""
         if self.running():
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
+            self.signal_all(signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
@@ -137,7 +157,7 @@ class IngestProcess:
                 self.kill()
 
     def rss_kib(self) -> int:
-        return rss_kib(self.pid)
+        return sum(rss_kib(pid) for pid in self.pids())
 
     def metrics(self) -> dict[str, float]:
         """The Prometheus samples, keyed by ``name{labels}`` as exposed."""
@@ -428,11 +448,17 @@ async def wait_for(predicate: Callable[[], Any], timeout_s: float, every_s: floa
     return bool(await asyncio.to_thread(predicate))
 
 
+def _spool_files(data_dir: Path) -> list[Path]:
+    """Every ingest process's spool: ``spool.log``, ``spool-1.log``, ..."""
+    return sorted((data_dir / "spool").glob("spool*.log"))
+
+
 def spool_bytes(data_dir: Path) -> int:
-    try:
-        return (data_dir / "spool" / "spool.log").stat().st_size
-    except FileNotFoundError:
-        return 0
+    total = 0
+    for path in _spool_files(data_dir):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -456,21 +482,31 @@ async def drain(tasks: list[asyncio.Task[None]], stop: asyncio.Event, give_up: a
 
 
 def read_spool(data_dir: Path) -> tuple[list[tuple[int, datetime]], int, bool]:
-    """The (device id, fix time) of every position in the spool file, read-only (the live
-    ingest process may be appending: a torn last record is where reading stops), the
-    replay offset, and whether a torn record was seen."""
+    """The (device id, fix time) of every position in the spool files (one per ingest process),
+    read-only (a live ingest process may be appending: a torn last record is where reading of its
+    file stops), the replay offsets summed, and whether a torn record was seen."""
+    out: list[tuple[int, datetime]] = []
+    offsets, torn = 0, False
+    for path in _spool_files(data_dir):
+        rows, offset, cut = _read_spool_file(path)
+        out += rows
+        offsets += offset
+        torn = torn or cut
+    return out, offsets, torn
+
+
+def _read_spool_file(path: Path) -> tuple[list[tuple[int, datetime]], int, bool]:
     import struct
     import zlib
 
     from ingest.spool import decode
 
-    path = data_dir / "spool" / "spool.log"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], 0, False
     try:
-        offset = int((data_dir / "spool" / "spool.offset").read_text().strip() or 0)
+        offset = int(path.with_suffix(".offset").read_text().strip() or 0)
     except (FileNotFoundError, ValueError):
         offset = 0
     out: list[tuple[int, datetime]] = []

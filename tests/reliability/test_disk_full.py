@@ -87,7 +87,10 @@ async def _disk_full(pg: LocalPostgres, url: str, tmp_path: Path, *, free_space_
     with tmpfs(data_dir / "spool", "1m") as spool_dir:
         filler = spool_dir / "other-files"  # whatever else shares the disk (logs, ...)
         filler.write_bytes(os.urandom(640 * 1024))
-        ingest = IngestProcess(url, data_dir, PROTOCOLS)
+        # One process, one spool file: "nothing acknowledged once acknowledgements stopped" is what this
+        # measures. With several, each file's last block has its own slack, so another process may still
+        # append (and fsync, and truly acknowledge) a small batch after the first one was refused.
+        ingest = IngestProcess(url, data_dir, PROTOCOLS, env={"AVL_INGEST_PROCESSES": "1"})
         await asyncio.to_thread(ingest.start)
         ledger = Ledger()
         stop, give_up = asyncio.Event(), asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -246,6 +247,52 @@ def test_split_refuses_an_oversized_frame() -> None:
     header = b"\0\0\0\0" + (PROTOCOL.max_frame).to_bytes(4, "big") + b"\x08\x01"
     with pytest.raises(FrameError):
         PROTOCOL.split(header)
+
+
+def test_a_run_of_zero_bytes_is_skipped_in_one_split() -> None:
+    """Line noise of zeros (a broken modem): all of it but the last 7 bytes, where a frame's length
+    could still begin, goes in one call, not one byte per call (which held the event loop ~80 ms
+    per 64 KiB)."""
+    assert PROTOCOL.split(bytes(65536)) == (None, 65536 - 7)
+    assert PROTOCOL.split(bytes(7)) == (None, 0)
+    assert PROTOCOL.split(bytes(9) + b"\x01") == (None, 2)
+
+
+def _one_byte_at_a_time(buffer: bytes) -> tuple[bytes | None, int]:
+    """The framer as it was: the bytes of a zero run that cannot start a frame went one per call."""
+    frame, consumed = PROTOCOL.split(buffer)
+    if frame is None and consumed > 1 and buffer[0] == 0:
+        return None, 1
+    return frame, consumed
+
+
+def _frames(stream: bytes, split: Callable[[bytes], tuple[bytes | None, int]]) -> tuple[list[bytes], int, bytes, str]:
+    """The frames ``split`` finds in ``stream``, the bytes it skips, what is left, the error that cuts it."""
+    frames: list[bytes] = []
+    skipped = 0
+    try:
+        while stream:
+            frame, consumed = split(stream)
+            if consumed == 0:
+                break
+            if frame is None:
+                skipped += consumed
+            else:
+                frames.append(frame)
+            stream = stream[consumed:]
+    except FrameError as exc:
+        return frames, skipped, stream, str(exc)
+    return frames, skipped, stream, ""
+
+
+_PIECES = [encode_login(IMEI), b"\xff", encode_position(sample()), b"\0\0\0\0\0\0\0\x05", b"\0\x0f"]
+
+
+@given(st.lists(st.one_of(st.integers(0, 40).map(bytes), st.sampled_from(_PIECES), st.binary(max_size=12)),
+                max_size=12))
+def test_zero_runs_skipped_in_bulk_frame_the_stream_as_one_byte_at_a_time_did(chunks: list[bytes]) -> None:
+    stream = b"".join(chunks)
+    assert _frames(stream, PROTOCOL.split) == _frames(stream, _one_byte_at_a_time)
 
 
 # UDP ----------------------------------------------------------------------------------------------
