@@ -77,6 +77,23 @@ class Text(str):
     def render(self, lang: str) -> str:
         return "; ".join(t(p["key"], lang, **p["params"]) for p in self.parts)
 
+    # Immutable, like the string it is. ``dataclasses.asdict`` deep-copies what a step's evidence holds, and
+    # ``str``'s default copy would call ``__new__`` with the English text as if it were a catalogue key.
+    def __copy__(self) -> Text:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Text:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _text, (str(self), self.parts)
+
+
+def _text(text: str, parts: tuple[dict[str, Any], ...]) -> Text:
+    made = str.__new__(Text, text)
+    made.parts = parts
+    return made
+
 
 @dataclass
 class Step:

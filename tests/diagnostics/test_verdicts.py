@@ -131,3 +131,20 @@ def test_a_step_summary_reads_in_english_and_renders_in_the_readers_language() -
     assert step.render("es") == ("el equipo respondió por SMS ('Command error!') pero no envía datos; acuse DELIVRD;"
                                  " a plain note")
     assert step.as_json()["messages"][0] == {"key": "checklist:sms.answered", "params": {"reply": "'Command error!'"}}
+
+
+def test_a_step_whose_evidence_holds_a_sentence_is_saved() -> None:
+    """The SMS step records why a ping failed as a sentence in its evidence (here: the SMSC sent no
+    receipt while it was down); saving the step copies it. A checklist once failed right there."""
+    import copy
+    import json
+    import pickle
+
+    from diagnostics.model import Step, Text
+
+    why = Text("checklist:sms.no_receipt", seconds=60)
+    step = Step("sms_ping").done("warn", why, attempts=[{"error": why}], error=why)
+    saved = step.as_json()
+    assert json.loads(json.dumps(saved))["evidence"] == {"attempts": [{"error": str(why)}], "error": str(why)}
+    for again in (copy.copy(why), copy.deepcopy(why), pickle.loads(pickle.dumps(why))):
+        assert (str(again), again.render("es"), again.parts) == (str(why), why.render("es"), why.parts)
