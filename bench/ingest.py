@@ -136,10 +136,25 @@ def avl_command() -> list[str]:
     return [sys.executable, "-c", "import sys; sys.argv[0] = 'avl'; from avl.cli import main; main()"]
 
 
+def spawn_ingest(log_path: Path, settings: dict[str, str], extra: list[str],
+                 command: str | None = None) -> subprocess.Popen[bytes]:
+    """`avl ingest` (or ``command``) in its own session, configured by ``settings`` and then the
+    ``KEY=VALUE`` items of ``extra`` only (no AVL_* from this environment), its output in ``log_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVL_")}
+    env.update(settings)
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
+    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    cmd = shlex.split(command) if command else [*avl_command(), "ingest"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    log_file.close()
+    return proc
+
+
 def start_ingest(tmp: Path, url: str, mqtt_url: str, ports: dict[str, int], metrics_port: int,
                  connections: int, extra: list[str], command: str | None = None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVL_")}
-    env.update({
+    proc = spawn_ingest(tmp / "ingest.log", {
         "AVL_DATABASE_URL": url,
         "AVL_DATA_DIR": str(tmp / "ingest"),
         "AVL_MQTT_URL": mqtt_url,
@@ -150,15 +165,7 @@ def start_ingest(tmp: Path, url: str, mqtt_url: str, ports: dict[str, int], metr
         "AVL_METRICS_PORT": str(metrics_port),
         "AVL_MAX_CONNECTIONS_PER_SOURCE": str(max(256, connections + 16)),
         "AVL_LOG_LEVEL": "WARNING",
-    })
-    for item in extra:
-        key, _, value = item.partition("=")
-        env[key] = value
-    log_file = open(tmp / "ingest.log", "ab")  # noqa: SIM115 - handed to the child
-    cmd = shlex.split(command) if command else [*avl_command(), "ingest"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    log_file.close()
+    }, extra, command)
     for name, port in ports.items():
         if not wait_for_port(port, 60, proc):
             stop_process(proc)
@@ -673,14 +680,19 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report(args: argparse.Namespace, results: dict[str, Any], text: str) -> dict[str, Any]:
+    """Prints a benchmark's summary and writes its figures to ``--json`` when asked."""
+    print(text, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}", file=sys.stderr, flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     results = run(args)
-    print(summary(results), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
-    return results
+    return report(args, results, summary(results))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from avl.db import policies
 from avl.db.migrate import migrate
 from avl.embedded import LocalBroker, LocalPostgres, free_port
 from bench import procstat
-from bench.ingest import avl_command, log_tail, percentile, scrape, stop_process
+from bench.ingest import log_tail, percentile, report, scrape, spawn_ingest, stop_process
 
 ACCOUNT = "Bench MQTT fleet"
 TARGET_MSG_S = 20_000
@@ -286,11 +286,8 @@ def forget_session(port: int, client_id: str) -> None:
 
 def start_ingest(tmp: Path, url: str, mqtt_url: str, *, name: str, group: str, extra: list[str]) -> tuple[
         Any, int]:
-    import subprocess
-
     metrics_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVL_")}
-    env.update({
+    proc = spawn_ingest(tmp / f"{name}.log", {
         "AVL_DATABASE_URL": url,
         "AVL_DATA_DIR": str(tmp / name),
         "AVL_MQTT_URL": mqtt_url,
@@ -303,14 +300,7 @@ def start_ingest(tmp: Path, url: str, mqtt_url: str, *, name: str, group: str, e
         "AVL_INGEST_HOST": "127.0.0.1",
         "AVL_METRICS_PORT": str(metrics_port),
         "AVL_LOG_LEVEL": "WARNING",
-    })
-    for item in extra:
-        key, _, value = item.partition("=")
-        env[key] = value
-    log_file = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([*avl_command(), "ingest"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    log_file.close()
+    }, extra)
     return proc, metrics_port
 
 
@@ -594,11 +584,7 @@ def summary(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     results = run(args)
-    print(summary(results), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
-    return results
+    return report(args, results, summary(results))
 
 
 if __name__ == "__main__":
